@@ -1,0 +1,71 @@
+"""Result records: one JSON line per run, from a dataclass with a schema version.
+
+Sections: ``run`` (what ran: ids, resolved configs, time), ``status`` / ``error``, ``metrics``
+(name -> {value, stderr, higher_is_better}), ``params`` (counts), ``resources`` (units in the key
+names), ``baselines`` and ``env``. Numbers stay numbers; a missing value is ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+Status = Literal["ok", "failed", "diverged", "oom", "timeout", "killed"]
+
+
+@dataclass
+class ResultRecord:
+    run: dict[str, Any]
+    status: Status = "ok"
+    error: str | None = None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    params: dict[str, int | None] = field(default_factory=dict)
+    resources: dict[str, float | int | str | None] = field(default_factory=dict)
+    baselines: dict[str, float | int | None] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def run_id(self) -> str:
+        return self.run["run_id"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ResultRecord":
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"result schema_version must be {SCHEMA_VERSION}, got {d.get('schema_version')!r}.")
+        return cls(**d)
+
+
+def append_record(path: Path, record: ResultRecord) -> None:
+    """Append one complete line with a single write, then fsync (a reader never sees half a line
+    from a finished write; a torn last line from a crash is skipped by ``read_records``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (record.to_json() + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: Path) -> list[ResultRecord]:
+    """All complete records of a JSONL file (a later record of the same run id wins)."""
+    by_id: dict[str, ResultRecord] = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = ResultRecord.from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue  # a line torn by a crash mid-write
+        by_id[rec.run_id] = rec
+    return list(by_id.values())

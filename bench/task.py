@@ -1,0 +1,160 @@
+"""Task definitions (``TaskSpec``), data sources and fixed, seeded, leak-free splits.
+
+A task is data: where its rows come from, which columns feed the template, its label words
+(verbaliser) and its metrics. ``load_splits`` turns any source into ``train / validation / test``
+``datasets.Dataset`` objects with columns ``input fields + label``, after removing duplicate inputs
+(and inputs seen with two labels) so that no test row also sits in training.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import datasets
+
+from bench.artifacts import PackageArtifact, fetch
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True}  # direction of every metric, declared once
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    input_fields: tuple[str, ...]  # one field, or two for a text pair (encoders get the pair)
+    template: str  # causal LMs read str.format(**row); the label word follows
+    label_words: tuple[str, ...]  # verbaliser, in class order (class i <-> label_words[i])
+    reader: Callable[[Path], "datasets.Dataset | datasets.DatasetDict"] | None = None
+    artifact: PackageArtifact | None = None  # the default source, read by `reader`
+    label_names: tuple = ()  # raw label values of a hub/file source, in class order
+    metrics: tuple[str, ...] = ("accuracy",)
+    main_metric: str = "accuracy"
+    test_size: int = 1000  # rows held out for test when the source has no test split
+    validation_size: int = 500  # rows held out from train for model selection
+    split_seed: int = 20211018  # fixed: the test split never changes with the run seed
+    target_prefix: str = " "  # put between the prompt and the label word
+    version: int = 1
+    citation: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_words)
+
+    def prompt(self, row: dict) -> str:
+        return self.template.format(**row)
+
+
+class TaskDataError(ValueError):
+    pass
+
+
+# -- sources ---------------------------------------------------------------------------------------
+_FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _read_source(spec: TaskSpec, source: str | None):
+    """The task's own artifact, or ``source``: local file(s) / a folder of split files / a hub id."""
+    if not source:
+        if spec.reader is None:
+            raise TaskDataError(f"task {spec.name!r} has no default source; pass `task_source`.")
+        return spec.reader(fetch(spec.artifact) if spec.artifact else Path("."))
+    path = Path(source)
+    if path.is_file() or path.is_dir():
+        files = {p.stem: str(p) for p in sorted(path.iterdir())} if path.is_dir() else {"train": str(path)}
+        fmt = _FILE_FORMATS.get(Path(next(iter(files.values()))).suffix)
+        if fmt is None:
+            raise TaskDataError(f"`task_source` file type must be one of {sorted(_FILE_FORMATS)}, got {source!r}.")
+        kw = {"delimiter": "\t"} if str(next(iter(files.values()))).endswith(".tsv") else {}
+        return datasets.load_dataset(fmt, data_files=files, **kw)
+    try:
+        return datasets.load_dataset(source)
+    except Exception as e:  # offline: OfflineModeIsEnabled / ConnectionError
+        raise TaskDataError(
+            f"could not load `task_source` {source!r} as a local file/folder or hub dataset id "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, pass a local "
+            f"csv/json/jsonl/parquet file or a folder with train/test files instead."
+        ) from None
+
+
+def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
+    missing = [c for c in (*spec.input_fields, "label") if c not in ds.column_names]
+    if missing:
+        raise TaskDataError(f"task {spec.name!r}: source lacks column(s) {missing}; it has {ds.column_names}.")
+    ds = ds.select_columns([*spec.input_fields, "label"])
+    if spec.label_names and ds.features["label"].dtype not in ("int64", "int32"):
+        index = {v: i for i, v in enumerate(spec.label_names)}
+        index.update({str(v): i for i, v in enumerate(spec.label_names)})
+        bad = sorted({str(v) for v in ds["label"] if v not in index})
+        if bad:
+            raise TaskDataError(f"task {spec.name!r}: label values must be one of {list(spec.label_names)}, got {bad[:5]}.")
+        ds = ds.map(lambda r: {"label": index[r["label"]]}, features=None)
+    ds = ds.cast_column("label", datasets.Value("int64"))
+    return ds
+
+
+def input_key(spec: TaskSpec, row: dict) -> str:
+    """What counts as 'the same input' for de-duplication and leak checks."""
+    return " \u241e ".join(" ".join(str(row[f]).lower().split()) for f in spec.input_fields)
+
+
+def _dedupe(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
+    labels_of: dict[str, set] = {}
+    for row in ds:
+        labels_of.setdefault(input_key(spec, row), set()).add(row["label"])
+    seen: set[str] = set()
+    keep = []
+    for i, row in enumerate(ds):
+        k = input_key(spec, row)
+        if k not in seen and len(labels_of[k]) == 1:  # inputs seen with two labels are dropped
+            keep.append(i)
+        seen.add(k)
+    return ds.select(keep)
+
+
+@functools.lru_cache(maxsize=16)
+def load_splits(spec: TaskSpec, source: str | None = None) -> datasets.DatasetDict:
+    """Fixed train/validation/test splits (seeded by the task, never by the run)."""
+    datasets.disable_progress_bars()  # per-row map/filter bars are noise next to training's
+    raw = _read_source(spec, source)
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({"train": raw})
+    parts = {k: _normalise(spec, v) for k, v in raw.items()}
+    if "test" in parts:
+        test = _dedupe(spec, parts["test"])
+        test_keys = {input_key(spec, r) for r in test}
+        train = _dedupe(spec, parts["train"])
+        train = train.filter(lambda r: input_key(spec, r) not in test_keys)
+    else:
+        full = _dedupe(spec, parts["train"]).shuffle(seed=spec.split_seed)
+        if len(full) <= spec.test_size:
+            raise TaskDataError(f"task {spec.name!r}: {len(full)} unique rows, fewer than test_size={spec.test_size}.")
+        test, train = full.select(range(spec.test_size)), full.select(range(spec.test_size, len(full)))
+    if "validation" in parts:
+        val = _dedupe(spec, parts["validation"])
+    else:
+        train = train.shuffle(seed=spec.split_seed + 1)
+        n_val = min(spec.validation_size, len(train) // 5)
+        val, train = train.select(range(n_val)), train.select(range(n_val, len(train)))
+    return datasets.DatasetDict(train=train, validation=val, test=test)
+
+
+def split_overlap(spec: TaskSpec, splits: datasets.DatasetDict) -> dict[str, int]:
+    """Number of inputs shared between each pair of splits (must be all zero)."""
+    keys = {name: {input_key(spec, r) for r in ds} for name, ds in splits.items()}
+    names = sorted(keys)
+    return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def load_metric(name: str):
+    """An `evaluate` metric module shipped in bench/metrics (loads offline)."""
+    import evaluate
+
+    path = METRICS_DIR / name
+    if not path.is_dir():
+        raise KeyError(f"unknown metric {name!r}. Valid choices: {', '.join(sorted(HIGHER_IS_BETTER))}.")
+    return evaluate.load(str(path))

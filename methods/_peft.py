@@ -1,0 +1,52 @@
+"""Shared life-cycle of the methods that peft implements (prompt, prefix, P-tuning, LoRA)."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+
+from bench.method import Method, ModelContext
+
+
+def task_type(ctx: ModelContext) -> TaskType:
+    return TaskType.CAUSAL_LM if ctx.kind == "causal" else TaskType.SEQ_CLS
+
+
+class PeftMethod(Method):
+    """A method whose artifact is a peft adapter; subclasses only build the peft config."""
+
+    @abc.abstractmethod
+    def peft_config(self, model: nn.Module, ctx: ModelContext) -> PeftConfig:
+        """The peft config for this method on ``model`` (task type from ``task_type(ctx)``)."""
+
+    def init_adapter(self, model: PeftModel, ctx: ModelContext) -> None:
+        """Hook to initialise the fresh adapter's weights (default: peft's own init)."""
+
+    def prepare(self, model: nn.Module, ctx: ModelContext) -> nn.Module:
+        peft_model = get_peft_model(model, self.peft_config(model, ctx))
+        self.init_adapter(peft_model, ctx)
+        return peft_model
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        model.save_pretrained(str(path), safe_serialization=True,
+                              selected_adapters=[model.active_adapter])
+        # peft writes a non-default adapter into a sub-folder: keep one artifact = one folder
+        sub = Path(path) / model.active_adapter
+        if model.active_adapter != "default" and sub.is_dir():
+            for f in sub.iterdir():
+                f.replace(Path(path) / f.name)
+            sub.rmdir()
+
+    def load(self, model: nn.Module, path: Path, ctx: ModelContext, name: str) -> nn.Module:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+        return self.activate(model, name)
+
+    def activate(self, model: nn.Module, name: str) -> nn.Module:
+        model.set_adapter(name)
+        return model

@@ -1,0 +1,39 @@
+"""Prefix tuning (Li & Liang 2021): trainable key/value prefixes in every attention layer (peft)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft import PrefixTuningConfig as PeftPrefixTuningConfig
+
+from bench.config import check, opt
+from bench.method import MethodConfig, ModelContext
+from bench.registry import register_method
+from methods._peft import PeftMethod, task_type
+
+
+@dataclass
+class PrefixTuningConfig(MethodConfig):
+    lr: float = opt(1e-2, "peak learning rate")
+    num_virtual_tokens: int = opt(20, "prefix length per layer")
+    projection: bool = opt(True, "reparameterise the prefix through an MLP while training "
+                                 "(plain prefixes start far from the base model's loss)")
+    encoder_hidden_size: int = opt(256, "hidden size of the projection MLP")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]",
+              self.num_virtual_tokens)
+        check(self.encoder_hidden_size > 0, "encoder_hidden_size", "positive", self.encoder_hidden_size)
+
+
+@register_method("prefix_tuning")
+class PrefixTuningMethod(PeftMethod):
+    config_cls = PrefixTuningConfig
+    description = "trainable key/value prefixes in every layer (peft PrefixTuning), optional MLP projection"
+
+    def peft_config(self, model, ctx: ModelContext):
+        c = self.config
+        return PeftPrefixTuningConfig(task_type=task_type(ctx), num_virtual_tokens=c.num_virtual_tokens,
+                                      prefix_projection=c.projection,
+                                      encoder_hidden_size=c.encoder_hidden_size)

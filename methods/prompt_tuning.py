@@ -1,0 +1,98 @@
+"""Prompt tuning (Lester et al. 2021): trainable soft-prompt vectors prepended to the input embeddings.
+
+Inits: ``class_label`` (the paper's best, which peft lacks: virtual token i starts as the embedding of
+label word i, averaged over its sub-tokens; tokens past the number of labels start as embeddings
+sampled among the 5,000 most frequent tokens of the task's training text), ``text`` (peft: the
+tokens of ``init_text``, repeated), ``sample_vocab`` (peft: embeddings of random vocabulary tokens)
+and ``random`` (uniform in [-0.5, 0.5], as in the paper; peft's own RANDOM is N(0, 1)).
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from peft import PromptTuningConfig as PeftPromptTuningConfig
+from peft import PromptTuningInit
+
+from bench.config import check, opt
+from bench.method import MethodConfig, ModelContext
+from bench.registry import register_method
+from methods._peft import PeftMethod, task_type
+
+TOP_FREQUENT = 5000
+
+
+@dataclass
+class PromptTuningConfig(MethodConfig):
+    lr: float = opt(3e-2, "peak learning rate of the soft prompt (far higher than full fine-tuning)")
+    num_virtual_tokens: int = opt(20, "soft-prompt length in tokens (paper: 1-150, little gain past 20)")
+    init: Literal["class_label", "text", "sample_vocab", "random"] = opt(
+        "class_label", "how the soft prompt starts: class_label | text | sample_vocab | random")
+    init_text: str = opt("Classify the text into one of the labels.", "text for init='text'")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]",
+              self.num_virtual_tokens)
+        check(self.init != "text" or bool(self.init_text.strip()), "init_text",
+              "non-empty when init='text'", self.init_text)
+
+
+def frequent_token_ids(ctx: ModelContext, k: int = TOP_FREQUENT) -> list[int]:
+    """The k most frequent non-special token ids in the task's training text (ties: lower id)."""
+    tok = ctx.tokenizer
+    counts: collections.Counter = collections.Counter()
+    for ids in tok(ctx.train_texts, add_special_tokens=False)["input_ids"]:
+        counts.update(ids)
+    special = set(tok.all_special_ids)
+    ranked = sorted((i for i in counts if i not in special), key=lambda i: (-counts[i], i))
+    if not ranked:  # no training text given: fall back to the lowest non-special ids
+        ranked = [i for i in range(len(tok)) if i not in special]
+    return ranked[:k]
+
+
+def class_label_init(embeddings: torch.Tensor, ctx: ModelContext, n_tokens: int) -> torch.Tensor:
+    """(n_tokens, hidden) initial prompt: label-word embeddings, then frequent-token embeddings."""
+    prefix = ctx.task.target_prefix if ctx.kind == "causal" else ""
+    rows = []
+    for word in ctx.task.label_words[:n_tokens]:
+        ids = ctx.tokenizer(prefix + word, add_special_tokens=False)["input_ids"]
+        rows.append(embeddings[ids].mean(dim=0))  # multi-token label: mean of its sub-tokens
+    extra = n_tokens - len(rows)
+    if extra > 0:
+        pool = torch.tensor(frequent_token_ids(ctx), dtype=torch.long)
+        pick = pool[torch.randint(len(pool), (extra,))]
+        rows.extend(embeddings[pick])
+    return torch.stack(rows)
+
+
+@register_method("prompt_tuning")
+class PromptTuningMethod(PeftMethod):
+    config_cls = PromptTuningConfig
+    description = "soft prompt prepended to the input embeddings (peft PromptTuning), frozen model"
+
+    def peft_config(self, model, ctx: ModelContext):
+        c = self.config
+        kw = {}
+        if c.init == "text":
+            # peft loads the tokenizer by path for its TEXT init
+            self._tok_dir = tempfile.TemporaryDirectory(prefix="pb-tok-")
+            ctx.tokenizer.save_pretrained(self._tok_dir.name)
+            kw = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=c.init_text,
+                      tokenizer_name_or_path=self._tok_dir.name)
+        elif c.init == "sample_vocab":
+            kw = dict(prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+        return PeftPromptTuningConfig(task_type=task_type(ctx), num_virtual_tokens=c.num_virtual_tokens, **kw)
+
+    def init_adapter(self, model, ctx: ModelContext) -> None:
+        weight = model.prompt_encoder[model.active_adapter].embedding.weight
+        with torch.no_grad():
+            if self.config.init == "random":
+                weight.uniform_(-0.5, 0.5)
+            elif self.config.init == "class_label":
+                emb = model.get_base_model().get_input_embeddings().weight
+                weight.copy_(class_label_init(emb.detach(), ctx, weight.shape[0]))
