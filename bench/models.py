@@ -164,39 +164,46 @@ def model_dir(spec: ModelSpec) -> str:
 
 # -- loading ---------------------------------------------------------------------------------------
 class MaskedMeanPooler(nn.Module):
-    """Replaces an encoder's [CLS] pooler with a mean over non-padding positions.
+    """Replaces an encoder's [CLS] pooler with a mean over the input's own non-padding tokens.
 
     Sentence encoders such as all-MiniLM were trained with mean pooling; their [CLS] pooler was
-    never trained, and with a frozen backbone reading it starves every PEFT method. The attention
-    mask is captured by a forward pre-hook on the encoder, because transformers calls the pooler
-    with the hidden states only. Prompt tuning prepends virtual tokens (they are part of the mask
-    and of the mean); prefix tuning extends the mask by its prefix, which has no hidden states, so
-    only the last ``seq_len`` mask columns are used.
+    never trained, and with a frozen backbone reading it starves every PEFT method. transformers
+    calls the pooler with the hidden states only, so two hooks capture what it needs: the attention
+    mask (pre-hook on the encoder) and the input length L (hook on the word embeddings, which every
+    method, prompt tuning included, applies to the real input_ids). Virtual tokens are prepended,
+    so the input's tokens are the last L positions: the mean is over those, for every method alike.
+    Soft prompts act through attention, not by being averaged into the features.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.mask: torch.Tensor | None = None
+        self.seq_len: int | None = None
 
-    def capture(self, module, args, kwargs):
+    def capture_mask(self, module, args, kwargs):
         self.mask = kwargs.get("attention_mask")
 
+    def capture_length(self, module, args, output):
+        self.seq_len = output.shape[1]
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask = self.mask
-        if mask is None:
+        L = min(self.seq_len or hidden.shape[1], hidden.shape[1])
+        hidden = hidden[:, -L:]
+        if self.mask is None:
             return hidden.mean(dim=1)
-        mask = mask[:, -hidden.shape[1]:].to(hidden.dtype).unsqueeze(-1)
+        mask = self.mask[:, -L:].to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def _use_mean_pooling(model: nn.Module) -> None:
     encoder = model.base_model
-    if getattr(encoder, "pooler", None) is None and not hasattr(encoder, "pooler"):
+    if not hasattr(encoder, "pooler"):
         raise ValueError(f"`pooling` = 'mean' needs an encoder with a `pooler` attribute; "
                          f"{type(encoder).__name__} has none. Use pooling='cls'.")
     pooler = MaskedMeanPooler()
     encoder.pooler = pooler
-    encoder.register_forward_pre_hook(pooler.capture, with_kwargs=True)
+    encoder.register_forward_pre_hook(pooler.capture_mask, with_kwargs=True)
+    model.get_input_embeddings().register_forward_hook(pooler.capture_length)
 
 
 @dataclass
@@ -207,30 +214,36 @@ class LoadedModel:
     path: str  # where the base weights came from (for reloading a full copy)
 
 
-def load(spec: ModelSpec, num_labels: int, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load the base model for a task with ``num_labels`` classes, and its tokenizer."""
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+def load_model(spec: ModelSpec, path: str, num_labels: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model of ``spec``'s kind from ``path`` (base weights or a full fine-tuned copy)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    path = model_dir(spec)
-    kw = dict(trust_remote_code=spec.trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(path, **kw)
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    kw = dict(trust_remote_code=spec.trust_remote_code, dtype=dtype)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: we train it
     try:
         if spec.kind == "causal":
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, dtype=dtype, **kw)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kw)
             if spec.pooling == "mean":
                 _use_mean_pooling(model)
     finally:
         hf_logging.set_verbosity(verbosity)
+    return model
+
+
+def load(spec: ModelSpec, num_labels: int, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load the base model for a task with ``num_labels`` classes, and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    path = model_dir(spec)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = load_model(spec, path, num_labels, dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return LoadedModel(spec=spec, model=model, tokenizer=tok, path=path)

@@ -83,23 +83,40 @@ def _head_params(model, head_names) -> set[int]:
     return {id(p) for n, m in model.named_modules() if n.split(".")[-1] in head_names for p in m.parameters()}
 
 
-def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
+@dataclass
+class Prepared:
+    """Everything a run needs after setup: data encoded, base model loaded and prepared."""
+
+    spec: RunSpec
+    method: Method
+    task: TaskSpec
+    ctx: ModelContext
+    model: Any
+    objective: Any
+    accelerator: Any
+    device: torch.device
+    train_ds: Any
+    test_ds: Any
+    train_dl: Any
+    test_dl: Any
+    params: dict[str, int]
+    load_time_s: float
+    baseline_rss: int
+
+
+def prepare(spec: RunSpec) -> Prepared:
+    """Validate the spec, load data and model, let the method make it trainable."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
-    # --- setup: validate, then load data and model ----------------------------------------------
-    method, task = spec.resolved()
+    method, task = spec.resolved()  # names and configs are checked before anything heavy loads
     cfg = spec.train
     mspec = models.resolve(spec.model)
     device = _device(cfg)
-    threads = cfg.num_threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
     hf_logging.disable_progress_bar()
-    set_seed(cfg.seed)
 
     t0 = time.perf_counter()
     splits = load_splits(task, spec.task_source)
@@ -110,10 +127,11 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
     objective = objective_for(mspec.kind, task, lm.tokenizer, cfg.max_length)
     cols = list(task.input_fields)
     train_enc = train_ds.map(objective.encode, batched=True, remove_columns=cols)
+    # evaluation batches are sorted by length: less padding, same predictions
     test_enc = test_ds.map(objective.encode, batched=True, remove_columns=cols).sort("length", reverse=True)
     head_names = ("classifier",) if mspec.kind == "encoder" else ()
     ctx = ModelContext(kind=mspec.kind, tokenizer=lm.tokenizer, task=task, head_names=head_names,
-                       reload=lambda p: models.load(dataclasses.replace(mspec, source=p), task.num_labels).model,
+                       reload=lambda p: models.load_model(mspec, p, task.num_labels),
                        train_texts=objective.texts({f: train_ds[f] for f in cols}))
     load_time = time.perf_counter() - t0
     release_memory()
@@ -122,90 +140,123 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
     set_seed(cfg.seed)  # the same initialisation of new weights whatever happened above
     model = method.prepare(lm.model, ctx)
     params = count_parameters(method, model, head_names)
-
-    # --- optimizer: AdamW for all; the task head (encoders) trains at `head_lr` for every method --
-    head_ids = _head_params(model, head_names)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": method.config.lr},
-              {"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.head_lr}]
-    groups = [g for g in groups if g["params"]]
-    do_train = bool(trainable)
-    optimizer = torch.optim.AdamW(groups or [torch.zeros(1, requires_grad=True)], weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_dl = torch.utils.data.DataLoader(train_enc, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                            collate_fn=lambda f: objective.collate(f, training=True), drop_last=True)
     test_dl = torch.utils.data.DataLoader(test_enc, batch_size=cfg.eval_batch_size, shuffle=False,
                                           collate_fn=lambda f: objective.collate(f, training=False))
-    model, optimizer, train_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, test_dl)
+    return Prepared(spec=spec, method=method, task=task, ctx=ctx, model=model, objective=objective,
+                    accelerator=accelerator, device=device, train_ds=train_ds, test_ds=test_ds,
+                    train_dl=train_dl, test_dl=test_dl, params=params, load_time_s=load_time,
+                    baseline_rss=baseline_rss)
 
-    # --- train ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainOutcome:
+    losses: list[float]
+    timer: StepTimer
+    memory: MemoryMeter
+
+
+def train(run: Prepared) -> TrainOutcome:
+    """The training loop: the same for every method (AdamW, linear schedule, clipping)."""
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg, acc, model, objective = run.spec.train, run.accelerator, run.model, run.objective
+    # --- optimizer: AdamW for all; the task head (encoders) trains at `head_lr` for every method --
+    head_ids = _head_params(model, run.ctx.head_names)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": run.method.config.lr},
+              {"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.head_lr}]
+    groups = [g for g in groups if g["params"]]
     losses: list[torch.Tensor] = []
-    model.train()
-    with MemoryMeter(device, baseline_rss) as mem_train, StepTimer(device) as timer:
-        if do_train:
-            batches = _cycle(train_dl)
-            bar = tqdm(range(cfg.steps), desc=f"train {spec.method} {spec.task}", leave=False, dynamic_ncols=True)
-            for step in bar:
-                batch = next(batches)
-                with accelerator.autocast():
-                    loss = objective.loss(model, batch)
-                # NaN/inf is caught within the step it appears (one host sync: cheap next to a step)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"loss became {loss.item()} at step {step + 1} of {cfg.steps}.")
-                accelerator.backward(loss)
-                if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                method.after_step(model)
-                losses.append(loss.detach())
-                timer.step(cfg.batch_size)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-    final_loss = torch.stack(losses[-10:]).mean().item() if losses else None
+    with MemoryMeter(run.device, run.baseline_rss) as mem, StepTimer(run.device) as timer:
+        if not groups:  # nothing to train (zero-shot baseline)
+            return TrainOutcome([], timer, mem)
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+        model, optimizer, train_dl = acc.prepare(model, optimizer, run.train_dl)
+        run.model = model
+        model.train()
+        batches = _cycle(train_dl)
+        bar = tqdm(range(cfg.steps), desc=f"train {run.spec.method} {run.spec.task}", leave=False,
+                   dynamic_ncols=True, disable=None)
+        for step in bar:
+            batch = next(batches)
+            with acc.autocast():
+                loss = objective.loss(model, batch)
+            # NaN/inf is caught in the step it appears (one host sync: cheap next to a step)
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {loss.item()} at step {step + 1} of {cfg.steps}.")
+            acc.backward(loss)
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.method.after_step(model)
+            losses.append(loss.detach())
+            timer.step(cfg.batch_size)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        del optimizer, scheduler
+    return TrainOutcome([x.item() for x in losses], timer, mem)
 
-    # --- save the artifact (what a user would deploy for this task) -------------------------------
-    unwrapped = accelerator.unwrap_model(model)
-    if art_dir.exists():
-        shutil.rmtree(art_dir)
-    art_dir.mkdir(parents=True)
-    method.save(unwrapped, art_dir)
-    stored = stored_size(art_dir)
 
-    # --- evaluate on the held-out test split -------------------------------------------------------
-    del optimizer, scheduler, losses
-    for p in unwrapped.parameters():
+def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, MemoryMeter]:
+    """Metrics on the held-out test split, in inference mode, with its own memory window."""
+    from tqdm.auto import tqdm
+
+    model = run.model
+    for p in model.parameters():
         p.grad = None
     release_memory()
     model.eval()
+    test_dl = run.accelerator.prepare(run.test_dl)
     preds, refs = [], []
-    with torch.inference_mode(), MemoryMeter(device, baseline_rss) as mem_eval, StepTimer(device) as ev:
-        for batch in tqdm(test_dl, desc=f"eval {spec.method} {spec.task}", leave=False, dynamic_ncols=True):
-            with accelerator.autocast():
-                preds.append(objective.predict(model, batch))
+    with torch.inference_mode(), MemoryMeter(run.device, run.baseline_rss) as mem, StepTimer(run.device) as ev:
+        for batch in tqdm(test_dl, desc=f"eval {run.spec.method} {run.spec.task}", leave=False,
+                          dynamic_ncols=True, disable=None):
+            with run.accelerator.autocast():
+                preds.append(run.objective.predict(model, batch))
             refs.append(batch["labels"])
             ev.step(len(batch["labels"]))
     predictions, references = torch.cat(preds).tolist(), torch.cat(refs).tolist()
-    metrics = compute_metrics(task.metrics, predictions, references)
+    return compute_metrics(run.task.metrics, predictions, references), references, ev, mem
 
+
+def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
+    run = prepare(spec)
+    out = train(run)
+    # the artifact is what a user deploys for this task
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    if art_dir.exists():
+        shutil.rmtree(art_dir)
+    art_dir.mkdir(parents=True)
+    run.method.save(unwrapped, art_dir)
+    stored = stored_size(art_dir)
+    metrics, references, ev, mem_eval = evaluate(run)
+    losses = out.losses
     return ResultRecord(
-        run={**_run_section(spec), "n_train": len(train_ds), "n_test": len(test_ds)},
+        run={**_run_section(spec), "n_train": len(run.train_ds), "n_test": len(run.test_ds),
+             "artifact_dir": str(art_dir)},
         metrics=metrics,
-        params={**params, **stored},
+        params={**run.params, **stored},
         resources={
-            "peak_mem_train_bytes": mem_train.peak_bytes, "peak_mem_eval_bytes": mem_eval.peak_bytes,
-            "peak_mem_train_reserved_bytes": mem_train.peak_reserved_bytes,
+            "peak_mem_train_bytes": out.memory.peak_bytes, "peak_mem_eval_bytes": mem_eval.peak_bytes,
+            "peak_mem_train_reserved_bytes": out.memory.peak_reserved_bytes,
             "peak_mem_eval_reserved_bytes": mem_eval.peak_reserved_bytes,
-            "peak_mem_kind": mem_train.kind,
-            "load_time_s": load_time, "train_time_s": timer.total_s if do_train else 0.0,
-            "step_time_median_s": timer.median_step_s, "train_examples_per_s": timer.examples_per_s,
+            "peak_mem_kind": out.memory.kind, "load_time_s": run.load_time_s,
+            "train_time_s": out.timer.total_s if losses else 0.0,
+            "step_time_median_s": out.timer.median_step_s, "train_examples_per_s": out.timer.examples_per_s,
             "eval_time_s": ev.total_s, "eval_examples_per_s": ev.examples_per_s,
-            "train_steps": len(timer.step_times), "final_loss": final_loss,
+            "train_steps": len(losses),
+            "first_loss": sum(losses[:10]) / len(losses[:10]) if losses else None,
+            "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         },
-        baselines=majority_baseline(train_ds["label"], references),
-        env=environment(device),
+        baselines=majority_baseline(run.train_ds["label"], references),
+        env=environment(run.device),
     )
 
 

@@ -1,0 +1,157 @@
+"""Reports from result records alone: ``make_table(records) -> str`` and ``write_report``.
+
+Rows are methods (runs of the same model/task/method/config pooled over seeds), plus the
+majority-class baseline of the task. Accuracy shows "mean ± spread": the std over seeds when there
+are several, else the binomial standard error over the test examples (the header says which).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from bench.results import ResultRecord
+
+
+def fmt_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f} s" if x < 1 else f"{x:.1f} s"
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def _metric_cell(recs: list[ResultRecord], name: str) -> str:
+    vals = [r.metrics[name]["value"] for r in recs if name in r.metrics]
+    if not vals:
+        return "—"
+    if len(vals) > 1:
+        return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+    err = recs[0].metrics[name].get("stderr")
+    return f"{vals[0]:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+
+
+def _group(records: list[ResultRecord]) -> dict[tuple, list[ResultRecord]]:
+    groups: dict[tuple, list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        run = r.run
+        key = (run.get("model"), run.get("task"), run.get("method"), repr(sorted(run.get("method_config", {}).items())))
+        groups[key].append(r)
+    return groups
+
+
+def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, ...] = ("accuracy",)) -> str:
+    """Markdown comparison table for one task (successful runs only; failures listed separately)."""
+    ok = [r for r in records if r.status == "ok" and r.run.get("task") == task]
+    rows = []
+    for (model, _, method, _), recs in sorted(_group(ok).items(), key=lambda kv: kv[0]):
+        p = recs[0].params
+        res = lambda k: _mean([r.resources.get(k) for r in recs])  # noqa: E731
+        total = p.get("total_params") or 0
+        row = {"method": method, "model": model}
+        for m in metric_names:
+            row[f"{m} ↑"] = _metric_cell(recs, m)
+        row.update({
+            "trainable params ↓": fmt_count(p.get("trainable_params")),
+            "% of total": f"{100 * p['trainable_params'] / total:.3f}%" if total else "—",
+            "of which head": fmt_count(p.get("trainable_head_params")),
+            "stored": fmt_bytes(p.get("stored_bytes")),
+            "peak train mem ↓": fmt_bytes(res("peak_mem_train_bytes")),
+            "peak eval mem ↓": fmt_bytes(res("peak_mem_eval_bytes")),
+            "train time ↓": fmt_s(res("train_time_s")),
+            "step time ↓": fmt_s(res("step_time_median_s")),
+            "seeds": len(recs),
+        })
+        rows.append(row)
+    base = [r.baselines.get("majority_accuracy") for r in records if r.run.get("task") == task and r.baselines]
+    if base:
+        row = {k: "—" for k in (rows[0] if rows else {"method": "", "model": ""})}
+        row.update({"method": "majority class (baseline)", "model": "—", "accuracy ↑": f"{base[0]:.3f}"})
+        rows.append(row)
+    if not rows:
+        return "_no successful runs_"
+    df = pd.DataFrame(rows).fillna("—")
+    return tabulate(df, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def _failures(records: list[ResultRecord]) -> str:
+    bad = [r for r in records if r.status != "ok"]
+    if not bad:
+        return ""
+    lines = ["## Runs that did not finish", ""]
+    for r in bad:
+        first = (r.error or "").strip().splitlines()[-1:] or [""]
+        lines.append(f"- `{r.run.get('run_id')}`: **{r.status}** — {first[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
+                 notes: str = "") -> Path:
+    """Write ``out_dir/README.md``; everything in it comes from ``records``."""
+    from bench.registry import TASKS, load_builtin_plugins
+
+    load_builtin_plugins()
+    ok = [r for r in records if r.status == "ok"]
+    ref = ok[0] if ok else (records[0] if records else None)
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += [notes, ""]
+    if ref is not None and ref.env:
+        env, tr = ref.env, ref.run.get("train", {})
+        pk = env.get("packages", {})
+        lines += [
+            "| setting | value |", "|---|---|",
+            f"| models | {', '.join(sorted({r.run.get('model') for r in records}))} |",
+            f"| device | {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} torch threads |",
+            f"| training | {tr.get('steps')} steps × batch {tr.get('batch_size')}, AdamW, linear warm-up "
+            f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')} |",
+            f"| data | up to {tr.get('n_train')} training examples, {ref.run.get('n_test')} test examples per task |",
+            f"| seeds | {', '.join(map(str, sorted({r.run.get('train', {}).get('seed') for r in records})))} |",
+            f"| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + " |",
+            f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
+            f"| reproduce | `{command}` |", "",
+        ]
+    lines += [
+        "Columns: accuracy on the held-out test split (± binomial standard error for one seed, ± std "
+        "over seeds otherwise); trainable params = parameters with requires_grad while training "
+        "(for encoders this includes the classification head every method trains, shown as "
+        "'of which head'); stored = bytes of the saved artifact; peak memory = "
+        + ("peak RSS above the post-load baseline, sampled every 5 ms" if (ref and ref.resources.get("peak_mem_kind") == "cpu_rss_sampled")
+           else "torch.cuda.max_memory_allocated above the post-load baseline")
+        + "; step time = median over training steps (first step excluded).", ""]
+    for task in sorted({r.run.get("task") for r in records}):
+        spec = TASKS.get(task) if task in TASKS else None
+        names = spec.metrics if spec else ("accuracy",)
+        lines += [f"## {task}", ""]
+        if spec:
+            lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
+        lines += [make_table(records, task, names), ""]
+    lines.append(_failures(records))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

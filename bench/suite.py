@@ -1,0 +1,144 @@
+"""Suite files (TOML): models x tasks x methods x seeds with shared training settings.
+
+    name = "quick"
+    models = ["minilm"]
+    tasks = ["sentiment", "sms_spam"]
+    methods = ["prompt_tuning", "lora"]
+    seeds = [0]
+    [train]            # TrainConfig fields, the same for every run
+    steps = 100
+    [method.lora]      # per-method config overrides (the method's dataclass fields)
+    r = 4
+
+Built-in suites live in bench/suites/<name>.toml. Every problem of a suite is reported at once,
+before anything runs, each naming the file, the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import models
+from bench.config import ConfigError, TrainConfig, from_dict
+from bench.registry import METHODS, TASKS, load_builtin_plugins
+from bench.runner import RunSpec
+
+SUITES_DIR = Path(__file__).parent / "suites"
+TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
+            "seeds": list, "train": dict, "method": dict, "task_source": dict}
+
+
+class SuiteError(ValueError):
+    def __init__(self, where: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"invalid suite {where}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    path: str
+    runs: list[RunSpec]
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise SuiteError(str(p), [f"file not found: {p}"])
+        return p
+    if (SUITES_DIR / f"{name_or_path}.toml").is_file():
+        return SUITES_DIR / f"{name_or_path}.toml"
+    close = difflib.get_close_matches(name_or_path, builtin_suites(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise SuiteError(name_or_path, [f"no suite file or built-in suite named {name_or_path!r}.{hint} "
+                                    f"Built-in suites: {', '.join(builtin_suites())}."])
+
+
+def _names(data: dict, key: str, valid: list[str], problems: list[str], check=None) -> list:
+    values = data.get(key, [])
+    if not values:
+        problems.append(f"`{key}` must be a non-empty list, got {values!r}.")
+        return []
+    out = []
+    for v in values:
+        if check is not None:
+            try:
+                check(v)
+                out.append(v)
+            except KeyError as e:
+                problems.append(f"`{key}`: {e.args[0]}")
+        elif v not in valid:
+            close = difflib.get_close_matches(str(v), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(f"`{key}`: unknown {key[:-1]} {v!r}.{hint} Valid choices: {', '.join(valid)}.")
+        else:
+            out.append(v)
+    if len(set(map(str, values))) != len(values):
+        problems.append(f"`{key}` lists a value twice: {values!r}.")
+    return out
+
+
+def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None) -> Suite:
+    load_builtin_plugins()
+    path = suite_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(str(path), [f"not valid TOML: {e}"]) from None
+    problems: list[str] = []
+    for k, v in data.items():
+        if k not in TOP_KEYS:
+            close = difflib.get_close_matches(k, list(TOP_KEYS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(f"unknown key {k!r}.{hint} Valid keys: {', '.join(sorted(TOP_KEYS))}.")
+        elif not isinstance(v, TOP_KEYS[k]):
+            problems.append(f"`{k}` must be a {TOP_KEYS[k].__name__}, got {v!r}.")
+    if problems:
+        raise SuiteError(str(path), problems)
+
+    model_names = _names(data, "models", [], problems, check=models.resolve)
+    task_names = _names(data, "tasks", TASKS.names(), problems)
+    method_names = _names(data, "methods", METHODS.names(), problems)
+    seeds = data.get("seeds", [0])
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        problems.append(f"`seeds` must be a non-empty list of non-negative integers, got {seeds!r}.")
+    train_raw = {**data.get("train", {}), **(train_overrides or {})}
+    if "seed" in train_raw:
+        problems.append("`train.seed` conflicts with `seeds`: list seeds in `seeds` only.")
+    train = None
+    try:
+        train = from_dict(TrainConfig, train_raw, where="[train]")
+    except ConfigError as e:
+        problems.append(str(e))
+    method_cfgs: dict[str, dict] = data.get("method", {})
+    for m, cfg in method_cfgs.items():
+        if m not in method_names:
+            problems.append(f"[method.{m}] configures a method that is not in `methods` ({', '.join(method_names)}).")
+            continue
+        try:
+            from_dict(METHODS.get(m).config_cls, cfg, where=f"[method.{m}]")
+        except ConfigError as e:
+            problems.append(str(e))
+    sources: dict[str, str] = data.get("task_source", {})
+    for t in sources:
+        if t not in task_names:
+            problems.append(f"[task_source] names task {t!r}, which is not in `tasks` ({', '.join(task_names)}).")
+    if problems:
+        raise SuiteError(str(path), problems)
+
+    name = data.get("name", path.stem)
+    runs = [RunSpec(model=mo, task=t, method=me, method_config=dict(method_cfgs.get(me, {})),
+                    train=dataclasses.replace(train, seed=s), task_source=sources.get(t), suite=name)
+            for mo in model_names for t in task_names for me in method_names for s in seeds]
+    return Suite(name=name, description=data.get("description", ""), path=str(path), runs=runs)
