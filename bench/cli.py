@@ -63,13 +63,18 @@ def _child(spec, out_dir, conn) -> None:
     conn.close()
 
 
+_PRELOAD = ["bench.preload"]
+
+
 def run_isolated(spec, out_dir: Path, timeout_s: float | None):
-    """Run one spec in a forked child (imports already paid by the parent), so its peak memory
-    is its own and a crash or hang takes down only this run."""
+    """Run one spec in its own child process, so that its peak memory is its own and a crash or
+    hang takes down only this run. Children fork from a forkserver that imported torch & co once
+    and never ran a torch op (a plain fork of a process that has run OpenMP work can hang)."""
     from bench.results import ResultRecord
     from bench.runner import _run_section
 
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(spec, out_dir, child), daemon=True)
     proc.start()

@@ -25,6 +25,15 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def did_you_mean(value: Any, choices) -> str:
+    """' Did you mean 'x'?' for the closest valid choice (or a choice containing the value)."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+    if not close:
+        close = [c for c in choices if str(value) and (str(value) in c or c in str(value))][:1]
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
@@ -50,10 +59,8 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.{hint}"
+                f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.{did_you_mean(value, choices)}"
             )
         return value
     if origin in (list, tuple):
@@ -97,14 +104,12 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"{prefix}unknown key {k!r} for {cls.__name__}.{hint} "
+            f"{prefix}unknown key {k!r} for {cls.__name__}.{did_you_mean(k, fields)} "
             f"Valid keys: {', '.join(sorted(fields))}."
         )
-    kwargs = {k: coerce(k, hints[k], v) for k, v in data.items()}
     try:
+        kwargs = {k: coerce(k, hints[k], v) for k, v in data.items()}
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{prefix}{e}") from None

@@ -7,7 +7,6 @@ the first time a name is looked up or the registry is listed.
 
 from __future__ import annotations
 
-import difflib
 import re
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
@@ -67,11 +66,11 @@ class Registry(Generic[T]):
         if name not in self._items:
             self._load_entry_points()
         if name not in self._items:
+            from bench.config import did_you_mean
+
             choices = sorted(self._items)
-            close = difflib.get_close_matches(str(name), choices, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise KeyError(
-                f"unknown {self.kind} {name!r}.{hint} Valid choices: {', '.join(choices)}."
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, choices)} Valid choices: {', '.join(choices)}."
             )
         return self._items[name]
 

@@ -17,14 +17,13 @@ before anything runs, each naming the file, the key and the valid choices.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import models
-from bench.config import ConfigError, TrainConfig, from_dict
+from bench.config import ConfigError, TrainConfig, did_you_mean, from_dict
 from bench.registry import METHODS, TASKS, load_builtin_plugins
 from bench.runner import RunSpec
 
@@ -59,8 +58,7 @@ def suite_path(name_or_path: str) -> Path:
         return p
     if (SUITES_DIR / f"{name_or_path}.toml").is_file():
         return SUITES_DIR / f"{name_or_path}.toml"
-    close = difflib.get_close_matches(name_or_path, builtin_suites(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name_or_path, builtin_suites())
     raise SuiteError(name_or_path, [f"no suite file or built-in suite named {name_or_path!r}.{hint} "
                                     f"Built-in suites: {', '.join(builtin_suites())}."])
 
@@ -79,9 +77,8 @@ def _names(data: dict, key: str, valid: list[str], problems: list[str], check=No
             except KeyError as e:
                 problems.append(f"`{key}`: {e.args[0]}")
         elif v not in valid:
-            close = difflib.get_close_matches(str(v), valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"`{key}`: unknown {key[:-1]} {v!r}.{hint} Valid choices: {', '.join(valid)}.")
+            problems.append(f"`{key}`: unknown {key[:-1]} {v!r}.{did_you_mean(v, valid)} "
+                            f"Valid choices: {', '.join(valid)}.")
         else:
             out.append(v)
     if len(set(map(str, values))) != len(values):
@@ -99,9 +96,7 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     problems: list[str] = []
     for k, v in data.items():
         if k not in TOP_KEYS:
-            close = difflib.get_close_matches(k, list(TOP_KEYS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"unknown key {k!r}.{hint} Valid keys: {', '.join(sorted(TOP_KEYS))}.")
+            problems.append(f"unknown key {k!r}.{did_you_mean(k, TOP_KEYS)} Valid keys: {', '.join(sorted(TOP_KEYS))}.")
         elif not isinstance(v, TOP_KEYS[k]):
             problems.append(f"`{k}` must be a {TOP_KEYS[k].__name__}, got {v!r}.")
     if problems:

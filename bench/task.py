@@ -9,13 +9,17 @@ A task is data: where its rows come from, which columns feed the template, its l
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import datasets
 
-from bench.artifacts import PackageArtifact, fetch
+from bench.artifacts import PackageArtifact, cache_dir, fetch
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True}  # direction of every metric, declared once
@@ -118,8 +122,41 @@ def _dedupe(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
 
 @functools.lru_cache(maxsize=16)
 def load_splits(spec: TaskSpec, source: str | None = None) -> datasets.DatasetDict:
-    """Fixed train/validation/test splits (seeded by the task, never by the run)."""
+    """Fixed train/validation/test splits (seeded by the task, never by the run).
+
+    Built once per (task, version, source) and kept on disk as Arrow files (memory-mapped when
+    read back), so that runs in separate processes do not de-duplicate and split again.
+    """
     datasets.disable_progress_bars()  # per-row map/filter bars are noise next to training's
+    key = hashlib.sha256(repr((spec.name, spec.version, spec.split_seed, spec.test_size, spec.validation_size,
+                               spec.input_fields, spec.label_names, source, _source_stamp(source))).encode())
+    cached = cache_dir() / "splits" / f"{spec.name}-v{spec.version}-{key.hexdigest()[:12]}"
+    if (cached / ".complete").exists():
+        return datasets.load_from_disk(str(cached))
+    splits = _build_splits(spec, source)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent if cached.parent.exists() else _mk(cached.parent)))
+    splits.save_to_disk(str(tmp / "d"))
+    (tmp / "d" / ".complete").touch()
+    shutil.rmtree(cached, ignore_errors=True)
+    os.replace(tmp / "d", cached)  # atomic: a crash never leaves half a cache
+    shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(cached))
+
+
+def _mk(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _source_stamp(source: str | None) -> str:
+    """Local files change in place: their size and mtime are part of the cache key."""
+    if not source or not Path(source).exists():
+        return ""
+    files = sorted(Path(source).rglob("*")) if Path(source).is_dir() else [Path(source)]
+    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
+
+
+def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
     raw = _read_source(spec, source)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})

@@ -14,7 +14,7 @@ from methods._peft import PeftMethod, task_type
 
 @dataclass
 class PrefixTuningConfig(MethodConfig):
-    lr: float = opt(1e-2, "peak learning rate")
+    lr: float = opt(1e-3, "peak learning rate (the projection MLP diverges from the base at 1e-2)")
     num_virtual_tokens: int = opt(20, "prefix length per layer")
     projection: bool = opt(True, "reparameterise the prefix through an MLP while training "
                                  "(plain prefixes start far from the base model's loss)")
