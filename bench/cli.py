@@ -125,8 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     records = read_records(results)
     cmd = "peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(),
-                          notes=f"{suite.description}\n\nSuite wall time: {wall:.0f} s for {len(todo)} runs.")
+    report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(), notes=suite.description)
     print(f"suite wall time {wall:.1f} s; results: {results}; report: {report}")
     if failed:
         print(f"{failed} run(s) did not finish ok", file=sys.stderr)
@@ -142,6 +141,7 @@ def _inline(spec, out_dir):
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
     from bench.results import read_records
+    from bench.suite import load_suite
 
     src = Path(args.results)
     path = src / "results.jsonl" if src.is_dir() else src
@@ -154,9 +154,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         shutil.copyfile(path, out / "results.jsonl")  # the report folder holds its own records
     suite = records[0].run.get("suite") if records else path.parent.name
     cmd = f"peftbench report {out / 'results.jsonl'} --out {out}"
-    notes = args.notes or ""
-    if suite:
-        notes = (f"Suite `{suite}`: regenerate the results with `peftbench run {suite}`. " + notes).strip()
+    notes = args.notes
+    if not notes and suite:
+        try:
+            notes = load_suite(suite).description + f"\n\nThe records come from `peftbench run {suite}`."
+        except ValueError:
+            notes = ""
     report = write_report(records, out, f"peft-bench report: {suite}", cmd, notes=notes)
     print(report.read_text())
     print(f"wrote {report}")

@@ -97,6 +97,10 @@ def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, 
     return tabulate(df, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
 
 
+def _fmt_wall(s: float | None) -> str:
+    return "unknown" if s is None else f"{s:.0f} s ({s / 60:.1f} min)"
+
+
 def _failures(records: list[ResultRecord]) -> str:
     bad = [r for r in records if r.status != "ok"]
     if not bad:
@@ -106,6 +110,19 @@ def _failures(records: list[ResultRecord]) -> str:
         first = (r.error or "").strip().splitlines()[-1:] or [""]
         lines.append(f"- `{r.run.get('run_id')}`: **{r.status}** — {first[0]}")
     return "\n".join(lines) + "\n"
+
+
+def wall_time_s(records: list[ResultRecord]) -> float | None:
+    """From the first run's start to the last run's end (the suite's wall time if run at once)."""
+    from datetime import datetime
+
+    stamps = [(r.run.get("started_at"), r.run.get("finished_at")) for r in records]
+    try:
+        starts = [datetime.strptime(a, "%Y-%m-%dT%H:%M:%S%z") for a, _ in stamps if a]
+        ends = [datetime.strptime(b, "%Y-%m-%dT%H:%M:%S%z") for _, b in stamps if b]
+    except (TypeError, ValueError):
+        return None
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
 def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
@@ -130,6 +147,8 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
             f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')} |",
             f"| data | up to {tr.get('n_train')} training examples, {ref.run.get('n_test')} test examples per task |",
             f"| seeds | {', '.join(map(str, sorted({r.run.get('train', {}).get('seed') for r in records})))} |",
+            f"| runs | {len(records)} ({len(ok)} ok), wall time {_fmt_wall(wall_time_s(records))} from the first run's "
+            f"start to the last run's end |",
             f"| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + " |",
             f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
             f"| reproduce | `{command}` |", "",

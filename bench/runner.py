@@ -211,6 +211,7 @@ def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, Memo
     model = run.model
     for p in model.parameters():
         p.grad = None
+    run.accelerator.free_memory()  # drops accelerate's references to the optimizer and its state
     release_memory()
     model.eval()
     test_dl = run.accelerator.prepare(run.test_dl)
@@ -227,6 +228,7 @@ def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, Memo
 
 
 def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
+    started = _now()
     run = prepare(spec)
     out = train(run)
     # the artifact is what a user deploys for this task
@@ -239,7 +241,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
     metrics, references, ev, mem_eval = evaluate(run)
     losses = out.losses
     return ResultRecord(
-        run={**_run_section(spec), "n_train": len(run.train_ds), "n_test": len(run.test_ds),
+        run={**_run_section(spec, started), "n_train": len(run.train_ds), "n_test": len(run.test_ds),
              "artifact_dir": str(art_dir)},
         metrics=metrics,
         params={**run.params, **stored},
@@ -265,8 +267,12 @@ def _cycle(loader):
         yield from loader
 
 
-def _run_section(spec: RunSpec) -> dict[str, Any]:
-    return {"run_id": spec.run_id, **spec.as_dict(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _run_section(spec: RunSpec, started: str | None = None) -> dict[str, Any]:
+    return {"run_id": spec.run_id, **spec.as_dict(), "started_at": started or _now(), "finished_at": _now()}
 
 
 def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
