@@ -55,9 +55,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """Linux: the run dies with the server that forked it (which exits with the suite process),
+    so killing a suite never leaves an orphaned run behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(spec, out_dir, conn) -> None:
     from bench.runner import execute
 
+    _die_with_parent()
     record = execute(spec, out_dir)
     conn.send(record)
     conn.close()

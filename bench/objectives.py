@@ -54,6 +54,7 @@ class RankClassificationObjective:
                           for w in task.label_words]
         if any(len(ids) == 0 for ids in self.label_ids):
             raise ValueError(f"task {task.name!r}: a label word tokenises to nothing: {task.label_words}.")
+        self._keep_ok: bool | None = None  # does the model accept `logits_to_keep`? (learned once)
 
     def texts(self, rows: dict[str, list]) -> list[str]:
         return [self.task.prompt(dict(zip(rows, vals))) for vals in zip(*rows.values())]
@@ -66,46 +67,90 @@ class RankClassificationObjective:
         ids = [x[-keep:] for x in enc]
         return {"input_ids": ids, "length": [len(x) for x in ids]}
 
-    def _sequences(self, feats: list[dict], classes: list[list[int]]) -> dict[str, torch.Tensor]:
-        """One row per (example, candidate label): prompt + label tokens, right-padded."""
-        seqs, targets = [], []
-        for f, cands in zip(feats, classes):
-            for c in cands:
-                seqs.append(f["input_ids"] + self.label_ids[c])
-                targets.append([0] * len(f["input_ids"]) + [1] * len(self.label_ids[c]))
+    @property
+    def single_token_labels(self) -> bool:
+        return all(len(ids) == 1 for ids in self.label_ids)
+
+    def _pad(self, seqs: list[list[int]], preds: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad; ``pred_mask`` marks the positions whose next-token distribution is scored."""
         width = max(map(len, seqs))
         pad = self.tok.pad_token_id
+        pred_mask = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for i, ps in enumerate(preds):
+            pred_mask[i, ps] = True
         return {
             "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in seqs]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
-            "target_mask": torch.tensor([t + [0] * (width - len(t)) for t in targets], dtype=torch.bool),
+            "pred_mask": pred_mask,
         }
 
     def collate(self, feats: list[dict], training: bool = True) -> dict[str, torch.Tensor]:
-        """Training: prompt + gold label. Evaluation: prompt + each candidate label (B*C rows)."""
+        """Training: prompt + gold label tokens. Evaluation: prompt + each candidate label (B*C rows),
+        or, when every label word is one token, the prompt alone (B rows: all candidates are scored
+        from the same next-token distribution, which gives the same numbers at 1/C of the cost)."""
+        labels = torch.tensor([f["label"] for f in feats])
+        if not training and self.single_token_labels:
+            seqs = [f["input_ids"] for f in feats]
+            return {"labels": labels, **self._pad(seqs, [[len(s) - 1] for s in seqs])}
         classes = [[f["label"]] for f in feats] if training else [list(range(self.task.num_labels))] * len(feats)
-        return {"labels": torch.tensor([f["label"] for f in feats]), **self._sequences(feats, classes)}
+        seqs, preds = [], []
+        for f, cands in zip(feats, classes):
+            for c in cands:
+                n = len(f["input_ids"])
+                seqs.append(f["input_ids"] + self.label_ids[c])
+                preds.append(list(range(n - 1, n - 1 + len(self.label_ids[c]))))  # token t is predicted at t-1
+        return {"labels": labels, **self._pad(seqs, preds)}
 
-    @staticmethod
-    def target_logprobs(model, input_ids, attention_mask, target_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row sum of log p(target token | prefix), and the number of target tokens."""
+    def next_token_logprobs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(next token) at every ``pred_mask`` position: (N, vocab), with their rows and columns.
+
+        The LM head runs only at the needed positions (``logits_to_keep``, counted from the end so
+        that virtual tokens prepended by prompt methods do not shift them); models without that
+        argument compute all logits and are sliced afterwards.
+        """
+        input_ids, pred_mask = batch["input_ids"], batch["pred_mask"]
         L = input_ids.shape[1]
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -L:]
-        # token t is predicted at position t-1; only target positions go through log_softmax
-        pos = target_mask[:, 1:]
-        picked = logits[:, :-1][pos].float().log_softmax(-1)
-        lp = picked.gather(-1, input_ids[:, 1:][pos].unsqueeze(-1)).squeeze(-1)
-        row = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(pos)[pos]
-        sums = torch.zeros(input_ids.shape[0], device=lp.device, dtype=lp.dtype).index_add(0, row, lp)
-        return sums, pos.sum(1)
+        rows, cols = pred_mask.nonzero(as_tuple=True)
+        keep = torch.unique(cols)
+        kw = {"logits_to_keep": keep - L} if self._keep_ok is not False else {}
+        try:
+            logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], **kw).logits
+        except TypeError as e:
+            if not kw or "logits_to_keep" not in str(e):
+                raise
+            self._keep_ok = False
+            return self.next_token_logprobs(model, batch)
+        if kw:
+            self._keep_ok = True
+            picked = logits[:, -len(keep):][rows, torch.searchsorted(keep, cols)]
+        else:
+            picked = logits[:, -L:][rows, cols]
+        return picked.float().log_softmax(-1), rows, cols
+
+    def _target_sums(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row sum of log p(label tokens | prompt), and the number of label tokens."""
+        logp, rows, cols = self.next_token_logprobs(model, batch)
+        targets = batch["input_ids"][rows, cols + 1]
+        lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        n = batch["input_ids"].shape[0]
+        return torch.zeros(n, device=lp.device).index_add(0, rows, lp), batch["pred_mask"].sum(1)
 
     def loss(self, model, batch) -> torch.Tensor:
-        sums, counts = self.target_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+        sums, counts = self._target_sums(model, batch)
         return -(sums.sum() / counts.sum())
 
+    def scores(self, model, batch) -> torch.Tensor:
+        """(B, C) log-likelihood of each label word after each example's prompt."""
+        n, c = batch["labels"].shape[0], self.task.num_labels
+        if batch["input_ids"].shape[0] == n and c > 1:  # prompt-only rows: single-token labels
+            logp, _, _ = self.next_token_logprobs(model, batch)
+            label_ids = torch.tensor([ids[0] for ids in self.label_ids], device=logp.device)
+            return logp[:, label_ids]
+        sums, _ = self._target_sums(model, batch)
+        return sums.view(n, c)
+
     def predict(self, model, batch) -> torch.Tensor:
-        sums, _ = self.target_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-        return sums.view(batch["labels"].shape[0], self.task.num_labels).argmax(-1)
+        return self.scores(model, batch).argmax(-1)
 
 
 def objective_for(kind: str, task: TaskSpec, tokenizer, max_length: int):

@@ -89,3 +89,16 @@ def test_artifact_reloads_to_identical_outputs(trained, tmp_path):
         b = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert a.shape == b.shape
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+def test_parameter_counts_follow_their_formulas(model):
+    from bench.runner import prepare
+
+    pt = prepare(tiny_spec("prompt_tuning", model, method_config={"num_virtual_tokens": 7}))
+    hidden = pt.model.get_base_model().config.hidden_size
+    head = (hidden + 1) * 2 if model == "tiny-bert" else 0  # linear head: weight + bias, 2 classes
+    assert pt.params["trainable_params"] == 7 * hidden + head
+    assert pt.params["trainable_head_params"] == head
+    ft = prepare(tiny_spec("full_finetune", model))
+    assert ft.params["trainable_params"] == ft.params["total_params"] == sum(p.numel() for p in ft.model.parameters())
