@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
-from bench.method import Method, ModelContext
+from bench.config import check, opt
+from bench.method import Method, MethodConfig, ModelContext
+
+
+@dataclass
+class VirtualTokenConfig(MethodConfig):
+    """Shared by the prompt-learning methods (prompt, prefix and P-tuning)."""
+
+    num_virtual_tokens: int = opt(20, "number of virtual tokens")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]", self.num_virtual_tokens)
+        hidden = getattr(self, "encoder_hidden_size", 1)
+        check(hidden > 0, "encoder_hidden_size", "positive", hidden)
 
 
 def task_type(ctx: ModelContext) -> TaskType:

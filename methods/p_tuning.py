@@ -10,24 +10,18 @@ from typing import Literal
 
 from peft import PromptEncoderConfig
 
-from bench.config import check, opt
-from bench.method import MethodConfig, ModelContext
+from bench.config import opt
+from bench.method import ModelContext
 from bench.registry import register_method
-from methods._peft import PeftMethod, task_type
+from methods._peft import PeftMethod, VirtualTokenConfig, task_type
 
 
 @dataclass
-class PTuningConfig(MethodConfig):
+class PTuningConfig(VirtualTokenConfig):
     lr: float = opt(1e-2, "peak learning rate")
     num_virtual_tokens: int = opt(20, "number of virtual tokens")
     encoder: Literal["MLP", "LSTM"] = opt("MLP", "prompt encoder architecture")
     encoder_hidden_size: int = opt(128, "hidden size of the prompt encoder")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]",
-              self.num_virtual_tokens)
-        check(self.encoder_hidden_size > 0, "encoder_hidden_size", "positive", self.encoder_hidden_size)
 
 
 @register_method("p_tuning")

@@ -6,25 +6,19 @@ from dataclasses import dataclass
 
 from peft import PrefixTuningConfig as PeftPrefixTuningConfig
 
-from bench.config import check, opt
-from bench.method import MethodConfig, ModelContext
+from bench.config import opt
+from bench.method import ModelContext
 from bench.registry import register_method
-from methods._peft import PeftMethod, task_type
+from methods._peft import PeftMethod, VirtualTokenConfig, task_type
 
 
 @dataclass
-class PrefixTuningConfig(MethodConfig):
+class PrefixTuningConfig(VirtualTokenConfig):
     lr: float = opt(1e-3, "peak learning rate (the projection MLP diverges from the base at 1e-2)")
     num_virtual_tokens: int = opt(20, "prefix length per layer")
     projection: bool = opt(True, "reparameterise the prefix through an MLP while training "
                                  "(plain prefixes start far from the base model's loss)")
     encoder_hidden_size: int = opt(256, "hidden size of the projection MLP")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]",
-              self.num_virtual_tokens)
-        check(self.encoder_hidden_size > 0, "encoder_hidden_size", "positive", self.encoder_hidden_size)
 
 
 @register_method("prefix_tuning")

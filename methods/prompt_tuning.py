@@ -19,15 +19,15 @@ from peft import PromptTuningConfig as PeftPromptTuningConfig
 from peft import PromptTuningInit
 
 from bench.config import check, opt
-from bench.method import MethodConfig, ModelContext
+from bench.method import ModelContext
 from bench.registry import register_method
-from methods._peft import PeftMethod, task_type
+from methods._peft import PeftMethod, VirtualTokenConfig, task_type
 
 TOP_FREQUENT = 5000
 
 
 @dataclass
-class PromptTuningConfig(MethodConfig):
+class PromptTuningConfig(VirtualTokenConfig):
     lr: float = opt(3e-2, "peak learning rate of the soft prompt (far higher than full fine-tuning)")
     num_virtual_tokens: int = opt(20, "soft-prompt length in tokens (paper: 1-150, little gain past 20)")
     init: Literal["class_label", "text", "sample_vocab", "random"] = opt(
@@ -36,8 +36,6 @@ class PromptTuningConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]",
-              self.num_virtual_tokens)
         check(self.init != "text" or bool(self.init_text.strip()), "init_text",
               "non-empty when init='text'", self.init_text)
 
