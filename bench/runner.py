@@ -123,6 +123,7 @@ def prepare(spec: RunSpec) -> Prepared:
     train_ds = splits["train"].shuffle(seed=cfg.seed)
     train_ds = train_ds.select(range(min(cfg.n_train or len(train_ds), len(train_ds))))
     test_ds = splits["test"].select(range(min(cfg.n_test or len(splits["test"]), len(splits["test"]))))
+    set_seed(cfg.seed)  # new weights created at load (an encoder's classification head) are seeded
     lm = models.load(mspec, task.num_labels)
     objective = objective_for(mspec.kind, task, lm.tokenizer, cfg.max_length)
     cols = list(task.input_fields)
