@@ -10,12 +10,10 @@
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from bench.config import ConfigError, TrainConfig, describe, parse_overrides
@@ -55,100 +53,48 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """Linux: the run dies with the server that forked it (which exits with the suite process),
-    so killing a suite never leaves an orphaned run behind."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _child(spec, out_dir, conn) -> None:
-    from bench.runner import execute
-
-    _die_with_parent()
-    record = execute(spec, out_dir)
-    conn.send(record)
-    conn.close()
-
-
-_PRELOAD = ["bench.preload"]
-
-
-def run_isolated(spec, out_dir: Path, timeout_s: float | None):
-    """Run one spec in its own child process, so that its peak memory is its own and a crash or
-    hang takes down only this run. Children fork from a forkserver that imported torch & co once
-    and never ran a torch op (a plain fork of a process that has run OpenMP work can hang)."""
-    from bench.results import ResultRecord
-    from bench.runner import _run_section
-
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(spec, out_dir, child), daemon=True)
-    proc.start()
-    child.close()
-    record = None
-    if parent.poll(timeout_s):
-        try:
-            record = parent.recv()
-        except EOFError:
-            record = None
-    proc.join(5 if record is not None else 0.1)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    if record is None:
-        status = "timeout" if proc.exitcode in (None, -9) and timeout_s else "killed"
-        return ResultRecord(run=_run_section(spec), status=status,
-                            error=f"child process ended without a result (exit code {proc.exitcode}).")
-    return record
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.report import write_report
-    from bench.results import append_record, read_records
+    from bench.executor import estimate_s, known_records, run_local, select
+    from bench.report import fmt_s, write_report
+    from bench.results import read_records
     from bench.suite import load_suite
 
     suite = load_suite(args.suite, parse_overrides(args.set))
     out_dir = Path(args.out) / suite.name
     results = out_dir / "results.jsonl"
-    done = {r.run_id for r in read_records(results) if r.status == "ok"} if results.exists() and not args.force else set()
-    todo = [s for s in suite.runs if s.run_id not in done]
-    print(f"suite {suite.name} ({suite.path}): {len(suite.runs)} runs, {len(suite.runs) - len(todo)} already done "
-          f"in {results}")
+    mode = "force" if args.force else "rerun_failed" if args.rerun_failed else "resume"
+    todo, recorded = select(suite.runs, results, mode)
+    print(f"suite {suite.name} ({suite.path}): {len(suite.runs)} runs, {len(suite.runs) - len(todo)} skipped "
+          f"(already recorded in {results}), {len(todo)} to run")
     if args.dry_run:
+        known = known_records(Path(args.out), Path(__file__).resolve().parent.parent / "reports")
+        total, unknown = 0.0, 0
         for s in suite.runs:
-            print(f"  {'done' if s.run_id in done else 'todo'}  {s.run_id}")
+            est = estimate_s(s, known) if s in todo else None
+            total += est or 0.0
+            unknown += s in todo and est is None
+            state = recorded.get(s.run_id, "todo") if s in todo else f"skip ({recorded.get(s.run_id)})"
+            print(f"  {state:<14} {s.run_id:<60} {'~' + fmt_s(est) if est is not None else ''}")
+        print(f"estimated time: ~{total / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
+              + (f"; {unknown} runs have none (no earlier run of that model and task)" if unknown else ""))
         return 0
-    t0 = time.perf_counter()
-    failed = 0
-    for i, spec in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {spec.model} {spec.task} {spec.method} seed {spec.train.seed}", flush=True)
-        rec = run_isolated(spec, out_dir, args.timeout) if args.isolate else _inline(spec, out_dir)
-        append_record(results, rec)
-        acc = rec.metrics.get("accuracy", {}).get("value")
-        print(f"    -> {rec.status}" + (f", accuracy {acc:.3f}" if acc is not None else "")
-              + (f"\n    {rec.error.splitlines()[-1]}" if rec.error else ""), flush=True)
-        failed += rec.status != "ok"
-    wall = time.perf_counter() - t0
+    timeout = args.timeout if args.timeout is not None else suite.timeout_s
+    outcome = run_local(todo, out_dir, isolate=args.isolate, timeout_s=timeout,
+                        memory_limit_gb=suite.memory_limit_gb, log=lambda m: print(m, flush=True))
     records = read_records(results)
     cmd = "peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(), notes=suite.description)
-    print(f"suite wall time {wall:.1f} s; results: {results}; report: {report}")
-    if failed:
-        print(f"{failed} run(s) did not finish ok", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _inline(spec, out_dir):
-    from bench.runner import execute
-
-    return execute(spec, out_dir)
+    over = outcome.isolation_overhead_s
+    print(f"suite wall time {outcome.wall_s:.1f} s for {len(todo)} runs"
+          + (f" (process isolation: median {over:.2f} s per run)" if over is not None else "")
+          + f"; results: {results}; report: {report}")
+    by_status: dict[str, int] = {}
+    for r in outcome.records:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    print("summary: " + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "nothing to run"))
+    for r in outcome.failed:
+        print(f"  {r.status}: {r.run_id}: {(r.error or '').strip().splitlines()[-1] if r.error else ''}", file=sys.stderr)
+    return 1 if outcome.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -191,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", nargs="?", default=DEFAULT_SUITE, help="built-in suite name or path to a .toml")
     run.add_argument("--out", default="results", help="results root (results/<suite>/results.jsonl)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a [train] setting (type-checked)")
-    run.add_argument("--force", action="store_true", help="re-run runs that already finished ok")
+    run.add_argument("--force", action="store_true", help="re-run every run, even those already recorded")
+    run.add_argument("--rerun-failed", action="store_true", help="re-run the runs recorded as not ok")
     run.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
-    run.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    run.add_argument("--timeout", type=float, default=None,
+                     help="seconds per run before it is killed (default: the suite's timeout_s, else none)")
     run.add_argument("--no-isolate", dest="isolate", action="store_false",
                      help="run in this process instead of a forked child per run")
     run.set_defaults(func=cmd_run)

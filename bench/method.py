@@ -92,6 +92,20 @@ class Method(abc.ABC):
         """Hook called after each optimizer step (e.g. to keep constraints); default: nothing."""
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def assert_safetensors_only(path: Path) -> None:
+    """Artifacts are loaded only from safetensors: loading a pickle can run arbitrary code."""
+    files = [f for f in Path(path).rglob("*") if f.is_file()]
+    pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise ValueError(f"refusing to load artifact {path}: it holds pickle file(s) {pickles[:3]}; "
+                         f"peft-bench loads weights from .safetensors only.")
+    if not any(f.suffix == ".safetensors" for f in files):
+        raise ValueError(f"artifact {path} has no .safetensors file (found: {sorted(f.name for f in files)[:5]}).")
+
+
 def all_parameters(model: nn.Module) -> int:
     if hasattr(model, "get_nb_trainable_parameters"):
         return int(model.get_nb_trainable_parameters()[1])

@@ -219,7 +219,8 @@ def load_model(spec: ModelSpec, path: str, num_labels: int, dtype: torch.dtype =
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    kw = dict(trust_remote_code=spec.trust_remote_code, dtype=dtype)
+    # safetensors only: a pickled checkpoint can run code when loaded
+    kw = dict(trust_remote_code=spec.trust_remote_code, dtype=dtype, use_safetensors=True)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected: we train it
     try:

@@ -44,13 +44,17 @@ class ResultRecord:
 
 
 def append_record(path: Path, record: ResultRecord) -> None:
-    """Append one complete line with a single write, then fsync (a reader never sees half a line
-    from a finished write; a torn last line from a crash is skipped by ``read_records``)."""
+    """Append one complete line with a single write, then fsync. A line torn by a crash (kill -9
+    or power loss mid-write) is never read as a record (``read_records`` skips it), and the next
+    append starts on a fresh line, so one torn write never damages another record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (record.to_json() + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a previous write was torn by a crash: start on a fresh line
         os.write(fd, line)
         os.fsync(fd)
     finally:

@@ -47,6 +47,7 @@ class RunSpec:
     method_config: dict[str, Any] = field(default_factory=dict)  # overrides of the method defaults
     train: TrainConfig = field(default_factory=TrainConfig)
     task_source: str | None = None  # hub id or local files instead of the task's own data
+    trust_remote_code: bool = False  # only when the suite names this model explicitly
     suite: str = ""
 
     def resolved(self) -> tuple[Method, TaskSpec]:
@@ -112,7 +113,7 @@ def prepare(spec: RunSpec) -> Prepared:
 
     method, task = spec.resolved()  # names and configs are checked before anything heavy loads
     cfg = spec.train
-    mspec = models.resolve(spec.model)
+    mspec = dataclasses.replace(models.resolve(spec.model), trust_remote_code=spec.trust_remote_code)
     device = _device(cfg)
     torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
@@ -279,8 +280,11 @@ def _run_section(spec: RunSpec, started: str | None = None) -> dict[str, Any]:
 def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
     """Run one spec; any failure becomes a result record with its status and error tail."""
     art_dir = Path(out_dir) / "artifacts" / spec.run_id
+    t0 = time.perf_counter()
     try:
-        return train_and_evaluate(spec, art_dir)
+        record = train_and_evaluate(spec, art_dir)
+        record.resources["run_wall_s"] = time.perf_counter() - t0
+        return record
     except Exception as e:  # noqa: BLE001 - every failure is a result, not a crash of the suite
         status = "diverged" if isinstance(e, Diverged) else "oom" if _is_oom(e) else "failed"
         tail = "".join(traceback.format_exception(e)).strip().splitlines()[-8:]
@@ -289,9 +293,12 @@ def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
         except Exception:  # noqa: BLE001 - the spec itself is invalid
             run = {"run_id": f"invalid-{abs(hash(repr(spec))) % 10**10}", "model": spec.model,
                    "task": spec.task, "method": spec.method}
-        return ResultRecord(run=run, status=status, error="\n".join(tail))
+        return ResultRecord(run=run, status=status, error="\n".join(tail),
+                            resources={"run_wall_s": time.perf_counter() - t0})
 
 
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
+    text = str(e).lower()
+    return (isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text or "cannot allocate memory" in text)
 

@@ -9,6 +9,13 @@
     steps = 100
     [method.lora]      # per-method config overrides (the method's dataclass fields)
     r = 4
+    [[grid.prompt_tuning]]             # a grid: every combination of these lists ...
+    num_virtual_tokens = [1, 5, 20, 100]
+    [[grid.prompt_tuning]]             # ... several grids per method are unioned (same runs once)
+    init = ["class_label", "random"]
+    timeout_s = 3600                   # per run; a run past it is killed and recorded "timeout"
+    memory_limit_gb = 20               # per run, CPU address space; past it the run is "oom"
+    trust_remote_code = ["org/model"]  # the only models allowed to run code from their repo
 
 Built-in suites live in bench/suites/<name>.toml. Every problem of a suite is reported at once,
 before anything runs, each naming the file, the key and the valid choices.
@@ -17,6 +24,7 @@ before anything runs, each naming the file, the key and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +37,8 @@ from bench.runner import RunSpec
 
 SUITES_DIR = Path(__file__).parent / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
-            "seeds": list, "train": dict, "method": dict, "task_source": dict}
+            "seeds": list, "train": dict, "method": dict, "grid": dict, "task_source": dict,
+            "timeout_s": (int, float), "memory_limit_gb": (int, float), "trust_remote_code": list}
 
 
 class SuiteError(ValueError):
@@ -44,6 +53,8 @@ class Suite:
     description: str
     path: str
     runs: list[RunSpec]
+    timeout_s: float | None = None
+    memory_limit_gb: float | None = None
 
 
 def builtin_suites() -> list[str]:
@@ -97,8 +108,9 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     for k, v in data.items():
         if k not in TOP_KEYS:
             problems.append(f"unknown key {k!r}.{did_you_mean(k, TOP_KEYS)} Valid keys: {', '.join(sorted(TOP_KEYS))}.")
-        elif not isinstance(v, TOP_KEYS[k]):
-            problems.append(f"`{k}` must be a {TOP_KEYS[k].__name__}, got {v!r}.")
+        elif not isinstance(v, TOP_KEYS[k]) or isinstance(v, bool):
+            kind = "number" if isinstance(TOP_KEYS[k], tuple) else TOP_KEYS[k].__name__
+            problems.append(f"`{k}` must be a {kind}, got {v!r}.")
     if problems:
         raise SuiteError(str(path), problems)
 
@@ -117,23 +129,73 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     except ConfigError as e:
         problems.append(str(e))
     method_cfgs: dict[str, dict] = data.get("method", {})
-    for m, cfg in method_cfgs.items():
+    for m in method_cfgs:
         if m not in method_names:
             problems.append(f"[method.{m}] configures a method that is not in `methods` ({', '.join(method_names)}).")
-            continue
-        try:
-            from_dict(METHODS.get(m).config_cls, cfg, where=f"[method.{m}]")
-        except ConfigError as e:
-            problems.append(str(e))
+    variants = {m: _variants(m, method_cfgs.get(m, {}), data.get("grid", {}).get(m), problems)
+                for m in method_names}
+    for m in data.get("grid", {}):
+        if m not in method_names:
+            problems.append(f"[grid.{m}] is a grid for a method that is not in `methods` ({', '.join(method_names)}).")
     sources: dict[str, str] = data.get("task_source", {})
     for t in sources:
         if t not in task_names:
             problems.append(f"[task_source] names task {t!r}, which is not in `tasks` ({', '.join(task_names)}).")
+    trusted = data.get("trust_remote_code", [])
+    for mo in trusted:
+        if mo not in model_names:
+            problems.append(f"`trust_remote_code` names model {mo!r}, which is not in `models` ({', '.join(model_names)}).")
+    for key in ("timeout_s", "memory_limit_gb"):
+        if key in data and not data[key] > 0:
+            problems.append(f"`{key}` must be positive, got {data[key]!r}.")
     if problems:
-        raise SuiteError(str(path), problems)
+        raise SuiteError(str(path), list(dict.fromkeys(problems)))
 
     name = data.get("name", path.stem)
-    runs = [RunSpec(model=mo, task=t, method=me, method_config=dict(method_cfgs.get(me, {})),
-                    train=dataclasses.replace(train, seed=s), task_source=sources.get(t), suite=name)
-            for mo in model_names for t in task_names for me in method_names for s in seeds]
-    return Suite(name=name, description=data.get("description", ""), path=str(path), runs=runs)
+    runs: dict[str, RunSpec] = {}
+    for mo in model_names:
+        for t in task_names:
+            for me in method_names:
+                for cfg in variants[me]:
+                    for s in seeds:
+                        spec = RunSpec(model=mo, task=t, method=me, method_config=cfg,
+                                       train=dataclasses.replace(train, seed=s), task_source=sources.get(t),
+                                       trust_remote_code=mo in trusted, suite=name)
+                        runs.setdefault(spec.run_id, spec)  # overlapping grids: each run once
+    return Suite(name=name, description=data.get("description", ""), path=str(path), runs=list(runs.values()),
+                 timeout_s=data.get("timeout_s"), memory_limit_gb=data.get("memory_limit_gb"))
+
+
+def _variants(method: str, base: dict, grids, problems: list[str]) -> list[dict]:
+    """The method's configs: ``base`` alone, or base merged with every point of its grid(s)."""
+    cls = METHODS.get(method).config_cls
+    where = f"[method.{method}]"
+    if grids is None:
+        grids = []
+    elif isinstance(grids, dict):
+        grids = [grids]
+    out: list[dict] = []
+    for i, grid in enumerate(grids or [{}]):
+        gwhere = f"[grid.{method}]" + (f" #{i + 1}" if len(grids) > 1 else "")
+        if not isinstance(grid, dict):
+            problems.append(f"{gwhere} must be a table of lists, got {grid!r}.")
+            continue
+        if grids and not grid:
+            problems.append(f"{gwhere} is empty: give at least one key with a list of values.")
+        for k, values in grid.items():
+            if not isinstance(values, list) or not values:
+                problems.append(f"{gwhere}: `{k}` must be a non-empty list of values, got {values!r}.")
+            if k in base:
+                problems.append(f"{gwhere}: `{k}` is also set in {where}; set it in one place only.")
+        if any(not isinstance(v, list) or not v for v in grid.values()):
+            continue
+        for combo in itertools.product(*grid.values()):
+            cfg = {**base, **dict(zip(grid.keys(), combo))}
+            try:
+                from_dict(cls, cfg, where=gwhere if grid else where)
+            except ConfigError as e:
+                problems.append(str(e))
+                continue
+            if cfg not in out:
+                out.append(cfg)
+    return out

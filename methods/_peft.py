@@ -10,7 +10,7 @@ from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from bench.config import check, opt
-from bench.method import Method, MethodConfig, ModelContext
+from bench.method import Method, MethodConfig, ModelContext, assert_safetensors_only
 
 
 @dataclass
@@ -56,6 +56,7 @@ class PeftMethod(Method):
             sub.rmdir()
 
     def load(self, model: nn.Module, path: Path, ctx: ModelContext, name: str) -> nn.Module:
+        assert_safetensors_only(path)
         if isinstance(model, PeftModel):
             model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.config import check, opt
-from bench.method import Method, MethodConfig, ModelContext, freeze
+from bench.method import Method, MethodConfig, ModelContext, assert_safetensors_only, freeze
 from bench.registry import register_method
 
 # (attention output projection, feed-forward output projection) per architecture, as regexes
@@ -202,6 +202,7 @@ class BottleneckAdapterMethod(Method):
             {"method": "bottleneck_adapter", **asdict(model.configs[name])}, indent=2))
 
     def load(self, model: nn.Module, path: Path, ctx: ModelContext, name: str) -> nn.Module:
+        assert_safetensors_only(path)
         raw = json.loads((Path(path) / "adapter_config.json").read_text())
         raw.pop("method", None)
         cfg = BottleneckAdapterConfig(**raw)

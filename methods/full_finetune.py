@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from bench.config import opt
-from bench.method import Method, MethodConfig, ModelContext
+from bench.method import Method, MethodConfig, ModelContext, assert_safetensors_only
 from bench.registry import register_method
 
 
@@ -49,6 +49,7 @@ class FullFinetuneMethod(Method):
         model.save_pretrained(str(path), safe_serialization=True)
 
     def load(self, model: nn.Module, path: Path, ctx: ModelContext, name: str) -> nn.Module:
+        assert_safetensors_only(path)
         bank = model if isinstance(model, ModelBank) else ModelBank()
         copy = ctx.reload(str(path))
         copy.eval()

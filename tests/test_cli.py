@@ -34,6 +34,14 @@ BASE = 'models = ["tiny-bert"]\ntasks = ["dummy"]\nseeds = [0]\n'
     (BASE + 'methods = []\n', r"`methods` must be a non-empty list, got \[\]"),
     (BASE + 'methods = ["lora"]\nepochs = 3\n', r"unknown key 'epochs'"),
     (BASE + 'methods = ["lora"]\n[method.prompt_tuning]\nnum_virtual_tokens = 5\n', r"\[method.prompt_tuning\] configures a method that is not in `methods`"),
+    (BASE + 'methods = ["lora"]\n[grid.lora]\nr = []\n', r"\[grid.lora\]: `r` must be a non-empty list of values, got \[\]"),
+    (BASE + 'methods = ["lora"]\n[method.lora]\nr = 4\n[grid.lora]\nr = [2, 8]\n', r"`r` is also set in \[method.lora\]; set it in one place only"),
+    (BASE + 'methods = ["lora"]\n[grid.lora]\nr = [2, "big"]\n', r"\[grid.lora\]: `r` must be an integer, got 'big'"),
+    (BASE + 'methods = ["lora"]\ntimeout_s = -5\n', r"`timeout_s` must be positive, got -5"),
+    (BASE + 'methods = ["lora"]\ntrust_remote_code = ["minilm"]\n', r"`trust_remote_code` names model 'minilm', which is not in `models`"),
+    ('models = ["tiny-bert"]\ntasks = ["dummy"]\nseeds = [-1]\nmethods = ["lora"]\n', r"`seeds` must be a non-empty list of non-negative integers, got \[-1\]"),
+    (BASE + 'methods = ["lora"]\n[train]\nseed = 3\n', r"`train.seed` conflicts with `seeds`"),
+    ('models = ["tiny-bert"\n', r"not valid TOML"),
 ])
 def test_bad_suite_fails_before_running(tmp_path, capsys, body, message):
     import re
@@ -66,7 +74,7 @@ def test_run_resume_and_report(tmp_path, capsys):
     assert all(r.status == "ok" for r in records)
     capsys.readouterr()
     assert main(["run", path, "--out", str(out)]) == 0  # everything done: nothing re-runs
-    assert "2 runs, 2 already done" in capsys.readouterr().out
+    assert "2 runs, 2 skipped" in capsys.readouterr().out
     assert len((out / "s" / "results.jsonl").read_text().splitlines()) == 2
     assert main(["report", str(out / "s"), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "README.md").read_text()

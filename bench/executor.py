@@ -1,0 +1,158 @@
+"""The local executor: one child process per run, failures recorded as results, resume.
+
+Each run executes in a child forked from a forkserver that imported torch, transformers, peft &
+co once (``bench.preload``) and never ran a torch op: the child pays no interpreter or import
+start-up, its peak memory is its own, and a crash, OOM, hang or ``kill -9`` ends only that run.
+The parent appends each finished record to the result store at once (``append_record``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from bench.results import ResultRecord, append_record, read_records
+from bench.runner import RunSpec, _run_section, execute
+
+Mode = Literal["resume", "rerun_failed", "force"]
+_PRELOAD = ["bench.preload"]
+
+
+def _die_with_parent() -> None:
+    """Linux: the run dies with the server that forked it (which exits with the suite process),
+    so killing a suite never leaves an orphaned run behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _limit_memory(gb: float | None) -> None:
+    """Cap the run's address space: allocations past it fail and the run is recorded as 'oom'."""
+    if gb:
+        import resource
+
+        limit = int(gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _child(spec: RunSpec, out_dir: Path, memory_limit_gb: float | None, conn) -> None:
+    _die_with_parent()
+    _limit_memory(memory_limit_gb)
+    record = execute(spec, out_dir)
+    conn.send(record)
+    conn.close()
+
+
+def run_isolated(spec: RunSpec, out_dir: Path, timeout_s: float | None = None,
+                 memory_limit_gb: float | None = None) -> ResultRecord:
+    """Run one spec in its own child process; whatever happens, return a record."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    parent, child = ctx.Pipe(duplex=False)
+    t0 = time.perf_counter()
+    proc = ctx.Process(target=_child, args=(spec, out_dir, memory_limit_gb, child), daemon=True)
+    proc.start()
+    child.close()
+    record, timed_out = None, False
+    if parent.poll(timeout_s):
+        try:
+            record = parent.recv()
+        except EOFError:  # the child died before sending (killed, segfault)
+            record = None
+    else:
+        timed_out = True
+    proc.join(5 if record is not None else 0.5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    wall = time.perf_counter() - t0
+    if record is None:
+        if timed_out:
+            status, error = "timeout", f"run exceeded its timeout of {timeout_s} s and was killed."
+        else:
+            status, error = "killed", f"the run's process ended without a result (exit code {proc.exitcode})."
+        record = ResultRecord(run=_run_section(spec), status=status, error=error)
+    inner = record.resources.get("run_wall_s")
+    record.resources["isolated_wall_s"] = wall
+    # what isolation costs: the child's wall time outside the run itself (fork, hand-back)
+    record.resources["isolation_overhead_s"] = wall - inner if inner is not None else None
+    return record
+
+
+def select(specs: list[RunSpec], results: Path, mode: Mode) -> tuple[list[RunSpec], dict[str, str]]:
+    """(runs to do, status of each run already recorded). Resume skips every recorded run;
+    ``rerun_failed`` re-runs those not ok; ``force`` re-runs all."""
+    recorded = {r.run_id: r.status for r in read_records(results)} if results.exists() else {}
+    if mode == "force":
+        return list(specs), recorded
+    skip = {k for k, s in recorded.items() if s == "ok" or mode == "resume"}
+    return [s for s in specs if s.run_id not in skip], recorded
+
+
+@dataclass
+class SuiteOutcome:
+    records: list[ResultRecord] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def failed(self) -> list[ResultRecord]:
+        return [r for r in self.records if r.status != "ok"]
+
+    @property
+    def isolation_overhead_s(self) -> float | None:
+        xs = [r.resources.get("isolation_overhead_s") for r in self.records]
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+
+def run_local(specs: list[RunSpec], out_dir: Path, *, isolate: bool = True, timeout_s: float | None = None,
+              memory_limit_gb: float | None = None, log: Callable[[str], None] = print) -> SuiteOutcome:
+    """Run ``specs`` one after the other, appending each record to ``out_dir/results.jsonl``."""
+    results = Path(out_dir) / "results.jsonl"
+    outcome = SuiteOutcome()
+    t0 = time.perf_counter()
+    for i, spec in enumerate(specs, 1):
+        label = f"{spec.model} {spec.task} {spec.method}"
+        if spec.method_config:
+            label += " " + " ".join(f"{k}={v}" for k, v in spec.method_config.items())
+        log(f"[{i}/{len(specs)}] {label} seed {spec.train.seed}")
+        rec = (run_isolated(spec, out_dir, timeout_s, memory_limit_gb) if isolate else execute(spec, out_dir))
+        append_record(results, rec)
+        outcome.records.append(rec)
+        acc = rec.metrics.get("accuracy", {}).get("value")
+        log(f"    -> {rec.status}" + (f", accuracy {acc:.3f}" if acc is not None else "")
+            + (f"\n    {rec.error.strip().splitlines()[-1]}" if rec.error else ""))
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+def estimate_s(spec: RunSpec, known: list[ResultRecord]) -> float | None:
+    """Seconds for ``spec`` from measured runs of the same model and task (same method if any):
+    load + steps x median step time + evaluation scaled to the number of test examples."""
+    same = [r for r in known if r.status == "ok" and r.run.get("model") == spec.model
+            and r.run.get("task") == spec.task and r.resources.get("step_time_median_s")]
+    mine = [r for r in same if r.run.get("method") == spec.method] or same
+    if not mine:
+        return None
+    med = lambda k: statistics.median(r.resources[k] or 0.0 for r in mine)  # noqa: E731
+    per_test = statistics.median((r.resources["eval_time_s"] or 0.0) / max(1, r.run.get("n_test") or 1) for r in mine)
+    n_test = spec.train.n_test or max(r.run.get("n_test") or 0 for r in mine)
+    return med("load_time_s") + spec.train.steps * med("step_time_median_s") + per_test * n_test
+
+
+def known_records(*roots: Path) -> list[ResultRecord]:
+    """Every record found under the given folders (results stores and committed reports)."""
+    out: list[ResultRecord] = []
+    for root in roots:
+        if Path(root).is_dir():
+            for f in Path(root).rglob("results.jsonl"):
+                out.extend(read_records(f))
+    return out

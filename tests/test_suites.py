@@ -1,0 +1,155 @@
+"""Suites that survive: real child processes, injected faults, kill -9, torn writes, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.results import read_records
+from bench.suite import load_suite
+
+TINY = 'models = ["tiny-bert"]\ntasks = ["dummy"]\n'
+TRAIN = "[train]\nsteps = 6\nbatch_size = 8\nn_train = 64\nn_test = 32\n"
+
+
+def write(tmp_path, body: str, name="s") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def test_failures_are_results_and_the_suite_goes_on(tmp_path, capsys):
+    suite = write(tmp_path, TINY + 'methods = ["dummy"]\nseeds = [0]\ntimeout_s = 20\n' + TRAIN
+                  + '[[grid.dummy]]\nfault = ["none", "raise", "nan", "kill", "hang", "oom"]\n')
+    out = tmp_path / "out"
+    assert main(["run", suite, "--out", str(out)]) == 1  # something failed: non-zero exit
+    text = capsys.readouterr()
+    status = {r.run["method_config"]["fault"]: r for r in read_records(out / "s" / "results.jsonl")}
+    assert {k: v.status for k, v in status.items()} == {
+        "none": "ok", "raise": "failed", "nan": "diverged", "kill": "killed", "hang": "timeout", "oom": "oom"}
+    assert "injected failure after step 2" in status["raise"].error
+    assert "loss became nan at step 3" in status["nan"].error
+    assert "exceeded its timeout of 20" in status["hang"].error
+    assert "summary: 1 diverged, 1 failed, 1 killed, 1 ok, 1 oom, 1 timeout" in text.out
+    # resume: nothing left to do; --rerun-failed re-runs exactly the five that failed
+    assert main(["run", suite, "--out", str(out), "--dry-run"]) == 0
+    assert "6 skipped" in capsys.readouterr().out
+    assert main(["run", suite, "--out", str(out), "--rerun-failed", "--dry-run"]) == 0
+    assert "1 skipped (already recorded in" in capsys.readouterr().out
+
+
+def test_kill_9_of_the_suite_mid_run_loses_nothing_and_resume_finishes(tmp_path):
+    suite = write(tmp_path, TINY + 'methods = ["lora", "prompt_tuning", "p_tuning"]\nseeds = [0]\n' + TRAIN
+                  + '[method.prompt_tuning]\nlr = 0.01\n')
+    # make the second run long enough to be killed in the middle of its training
+    slow = Path(suite).read_text().replace("steps = 6", "steps = 6")
+    Path(suite).write_text(slow)
+    out = tmp_path / "out"
+    results = out / "s" / "results.jsonl"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", suite, "--out", str(out), "--set", "steps=300"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (results.exists() and len(read_records(results)) >= 1):
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside the second run's training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = read_records(results)
+    assert len(first) == 1 and first[0].status == "ok"
+    # the same suite again (same overrides, so the same run ids): only the missing two run
+    assert main(["run", suite, "--out", str(out), "--set", "steps=300"]) == 0
+    records = read_records(results)
+    assert sorted(r.run["method"] for r in records) == ["lora", "p_tuning", "prompt_tuning"]
+    assert len(results.read_text().splitlines()) == 3  # nothing duplicated
+    assert [r for r in records if r.run["method"] == "lora"][0].run_id == first[0].run_id
+
+
+def test_kill_9_during_result_writing(tmp_path):
+    """The writer dies half-way through a record: earlier records stay intact, the torn line is
+    not a record, and the next append is whole."""
+    from tests.test_report import rec
+    from bench.results import append_record
+
+    path = tmp_path / "results.jsonl"
+    append_record(path, rec("lora", 0, 0.8, 10))
+    code = textwrap.dedent(f'''
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        from tests.test_report import rec
+        import bench.results as results
+        real = os.write
+        def torn(fd, data):
+            real(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+        results.os.write = torn
+        results.append_record({str(path)!r}, rec("prompt_tuning", 0, 0.7, 10))
+    ''')
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -signal.SIGKILL
+    assert [r.run_id for r in read_records(path)] == ["lora-0"]
+    append_record(path, rec("p_tuning", 0, 0.75, 10))
+    assert [r.run_id for r in read_records(path)] == ["lora-0", "p_tuning-0"]
+
+
+def test_grids_expand_union_and_ids_are_stable(tmp_path):
+    body = TINY + 'methods = ["prompt_tuning", "lora"]\nseeds = [0, 1]\n' + TRAIN + textwrap.dedent('''
+        [[grid.prompt_tuning]]
+        num_virtual_tokens = [1, 20]
+        [[grid.prompt_tuning]]
+        init = ["class_label", "random"]
+        [grid.lora]
+        r = [2, 4]
+        lr = [1e-3, 3e-3]
+    ''')
+    a = load_suite(write(tmp_path, body))
+    # prompt tuning: (1, class_label), (20, class_label), (20, random) -- (20, class_label) once
+    pt = {(s.method_config.get("num_virtual_tokens", 20), s.method_config.get("init", "class_label"))
+          for s in a.runs if s.method == "prompt_tuning"}
+    assert pt == {(1, "class_label"), (20, "class_label"), (20, "random")}
+    assert sum(s.method == "prompt_tuning" for s in a.runs) == 3 * 2
+    assert sum(s.method == "lora" for s in a.runs) == 4 * 2
+    assert len({s.run_id for s in a.runs}) == len(a.runs) == 14
+    b = load_suite(write(tmp_path, body, name="s2"))
+    assert [s.run_id for s in a.runs] == [s.run_id for s in b.runs]
+
+
+def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
+    suite = write(tmp_path, TINY + 'methods = ["lora"]\nseeds = [0, 1]\n' + TRAIN)
+    out = tmp_path / "out"
+    assert main(["run", suite, "--out", str(out)]) == 0
+    first = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
+    report = (out / "s" / "README.md").read_text()
+    row = [line for line in report.splitlines() if line.startswith("| lora ")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    mean, std = cells[2].split(" ± ")
+    assert abs(float(mean) - sum(first.values()) / 2) < 1e-3 and float(std) >= 0 and cells[-1] == "2"
+    assert main(["run", suite, "--out", str(out), "--force"]) == 0
+    again = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
+    assert again == first  # same suite file, same ids, same numbers
+
+
+def test_artifacts_with_pickles_are_refused(tmp_path):
+    from bench.method import assert_safetensors_only
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match=r"refusing to load artifact .* pickle file\(s\) \['pytorch_model.bin'\]"):
+        assert_safetensors_only(tmp_path)
+
+
+def test_trust_remote_code_only_for_models_the_suite_names(tmp_path):
+    base = 'models = ["tiny-bert", "tiny-llama"]\ntasks = ["dummy"]\nmethods = ["lora"]\n'
+    plain = load_suite(write(tmp_path, base, name="a"))
+    assert not any(s.trust_remote_code for s in plain.runs)
+    named = load_suite(write(tmp_path, base + 'trust_remote_code = ["tiny-llama"]\n', name="b"))
+    assert {s.model: s.trust_remote_code for s in named.runs} == {"tiny-bert": False, "tiny-llama": True}
