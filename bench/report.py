@@ -7,6 +7,7 @@ are several, else the binomial standard error over the test examples (the header
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -63,11 +64,33 @@ def _group(records: list[ResultRecord]) -> dict[tuple, list[ResultRecord]]:
     return groups
 
 
+def _natural(text: str) -> list:
+    """Sort key that puts num_virtual_tokens=5 before =20 before =100."""
+    return [float(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
+
+
+def variant_labels(records: list[ResultRecord]) -> dict[tuple, str]:
+    """Row label per group: the method name, plus the config values that vary between its runs
+    (grids), e.g. ``prompt_tuning (init=random, num_virtual_tokens=20)``."""
+    groups = _group(records)
+    configs: dict[str, list[dict]] = defaultdict(list)
+    for (_, _, method, _), recs in groups.items():
+        configs[method].append(recs[0].run.get("method_config", {}))
+    labels = {}
+    for key, recs in groups.items():
+        method, cfg = key[2], recs[0].run.get("method_config", {})
+        varying = sorted(k for k in cfg if len({repr(c.get(k)) for c in configs[method]}) > 1)
+        labels[key] = method + (f" ({', '.join(f'{k}={cfg[k]}' for k in varying)})" if varying else "")
+    return labels
+
+
 def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, ...] = ("accuracy",)) -> str:
     """Markdown comparison table for one task (successful runs only; failures listed separately)."""
     ok = [r for r in records if r.status == "ok" and r.run.get("task") == task]
     rows = []
-    for (model, _, method, _), recs in sorted(_group(ok).items(), key=lambda kv: kv[0]):
+    labels = variant_labels(ok)
+    for key, recs in sorted(_group(ok).items(), key=lambda kv: (kv[0][0], _natural(labels[kv[0]]))):
+        model, method = key[0], labels[key]
         p = recs[0].params
         res = lambda k: _mean([r.resources.get(k) for r in recs])  # noqa: E731
         total = p.get("total_params") or 0
