@@ -56,7 +56,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.executor import estimate_s, known_records, run_local, select
     from bench.report import fmt_s, write_report
-    from bench.results import read_records
+    from bench.results import read_json_lines, read_records
     from bench.suite import load_suite
 
     suite = load_suite(args.suite, parse_overrides(args.set))
@@ -82,8 +82,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_local(todo, out_dir, isolate=args.isolate, timeout_s=timeout,
                         memory_limit_gb=suite.memory_limit_gb, log=lambda m: print(m, flush=True))
     records = read_records(results)
+    if suite.switch:
+        from bench.executor import run_switch
+
+        run_switch(records, out_dir, repeats=suite.switch_repeats, isolate=args.isolate,
+                   log=lambda m: print(m, flush=True))
     cmd = "peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(), notes=suite.description)
+    report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(), notes=suite.description,
+                          switch=read_json_lines(out_dir / "switch.jsonl"))
     over = outcome.isolation_overhead_s
     print(f"suite wall time {outcome.wall_s:.1f} s for {len(todo)} runs"
           + (f" (process isolation: median {over:.2f} s per run)" if over is not None else "")
@@ -97,9 +103,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def cmd_switch(args: argparse.Namespace) -> int:
+    from bench.executor import run_switch
+    from bench.results import read_records
+
+    src = Path(args.results)
+    path = src / "results.jsonl" if src.is_dir() else src
+    if not path.is_file():
+        raise FileNotFoundError(f"`results` must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
+    res = run_switch(read_records(path), path.parent, repeats=args.repeats, force=args.force,
+                     isolate=args.isolate, log=lambda m: print(m, flush=True))
+    print(f"{len(res)} measurement(s) appended to {path.parent / 'switch.jsonl'}; "
+          f"`peftbench report {path.parent}` shows them")
+    return 1 if any(r.get("status") != "ok" for r in res) else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
-    from bench.results import read_records
+    from bench.results import read_json_lines, read_records
     from bench.suite import load_suite
 
     src = Path(args.results)
@@ -111,6 +132,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if (out / "results.jsonl").resolve() != path.resolve():
         shutil.copyfile(path, out / "results.jsonl")  # the report folder holds its own records
+        if (path.parent / "switch.jsonl").exists():
+            shutil.copyfile(path.parent / "switch.jsonl", out / "switch.jsonl")
     suite = records[0].run.get("suite") if records else path.parent.name
     cmd = f"peftbench report {out / 'results.jsonl'} --out {out}"
     notes = args.notes
@@ -119,7 +142,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             notes = load_suite(suite).description + f"\n\nThe records come from `peftbench run {suite}`."
         except ValueError:
             notes = ""
-    report = write_report(records, out, f"peft-bench report: {suite}", cmd, notes=notes)
+    report = write_report(records, out, f"peft-bench report: {suite}", cmd, notes=notes,
+                          switch=read_json_lines(out / "switch.jsonl"))
     print(report.read_text())
     print(f"wrote {report}")
     return 0
@@ -145,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-isolate", dest="isolate", action="store_false",
                      help="run in this process instead of a forked child per run")
     run.set_defaults(func=cmd_run)
+    sw = sub.add_parser("switch", help="measure task switching and serving on a suite's saved artifacts (no retraining)")
+    sw.add_argument("results", help="results.jsonl, or a folder holding one (its artifacts must still be on disk)")
+    sw.add_argument("--repeats", type=int, default=20, help="measured repeats per ordered task pair (after warm-up)")
+    sw.add_argument("--force", action="store_true", help="measure again groups already measured")
+    sw.add_argument("--no-isolate", dest="isolate", action="store_false", help="measure in this process")
+    sw.set_defaults(func=cmd_switch)
     rep = sub.add_parser("report", help="write a markdown report from result records")
     rep.add_argument("results", help="results.jsonl, or a folder holding one")
     rep.add_argument("--out", default=None, help="report folder (default: next to the results)")

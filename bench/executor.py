@@ -13,13 +13,13 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from bench.results import ResultRecord, append_record, read_records
 from bench.runner import RunSpec, _run_section, execute
 
 Mode = Literal["resume", "rerun_failed", "force"]
-_PRELOAD = ["bench.preload"]
+_PRELOAD = ["bench.preload"]  # imports torch & co and the plugins once, in the server
 
 
 def _die_with_parent() -> None:
@@ -43,42 +43,48 @@ def _limit_memory(gb: float | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _child(spec: RunSpec, out_dir: Path, memory_limit_gb: float | None, conn) -> None:
+def _child(fn, args: tuple, memory_limit_gb: float | None, conn) -> None:
     _die_with_parent()
     _limit_memory(memory_limit_gb)
-    record = execute(spec, out_dir)
-    conn.send(record)
+    conn.send(fn(*args))
     conn.close()
+
+
+def call_isolated(fn, args: tuple, timeout_s: float | None = None,
+                  memory_limit_gb: float | None = None) -> tuple[Any, bool, int | None, float]:
+    """``fn(*args)`` in a child forked from the pre-imported server: (result or None if the child
+    died, timed out?, exit code, wall seconds)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    parent, child = ctx.Pipe(duplex=False)
+    t0 = time.perf_counter()
+    proc = ctx.Process(target=_child, args=(fn, args, memory_limit_gb, child), daemon=True)
+    proc.start()
+    child.close()
+    result, timed_out = None, False
+    if parent.poll(timeout_s):
+        try:
+            result = parent.recv()
+        except EOFError:  # the child died before sending (killed, segfault)
+            result = None
+    else:
+        timed_out = True
+    proc.join(5 if result is not None else 0.5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return result, timed_out, proc.exitcode, time.perf_counter() - t0
 
 
 def run_isolated(spec: RunSpec, out_dir: Path, timeout_s: float | None = None,
                  memory_limit_gb: float | None = None) -> ResultRecord:
     """Run one spec in its own child process; whatever happens, return a record."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
-    parent, child = ctx.Pipe(duplex=False)
-    t0 = time.perf_counter()
-    proc = ctx.Process(target=_child, args=(spec, out_dir, memory_limit_gb, child), daemon=True)
-    proc.start()
-    child.close()
-    record, timed_out = None, False
-    if parent.poll(timeout_s):
-        try:
-            record = parent.recv()
-        except EOFError:  # the child died before sending (killed, segfault)
-            record = None
-    else:
-        timed_out = True
-    proc.join(5 if record is not None else 0.5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    wall = time.perf_counter() - t0
+    record, timed_out, exitcode, wall = call_isolated(execute, (spec, out_dir), timeout_s, memory_limit_gb)
     if record is None:
         if timed_out:
             status, error = "timeout", f"run exceeded its timeout of {timeout_s} s and was killed."
         else:
-            status, error = "killed", f"the run's process ended without a result (exit code {proc.exitcode})."
+            status, error = "killed", f"the run's process ended without a result (exit code {exitcode})."
         record = ResultRecord(run=_run_section(spec), status=status, error=error)
     inner = record.resources.get("run_wall_s")
     record.resources["isolated_wall_s"] = wall
@@ -155,4 +161,53 @@ def known_records(*roots: Path) -> list[ResultRecord]:
         if Path(root).is_dir():
             for f in Path(root).rglob("results.jsonl"):
                 out.extend(read_records(f))
+    return out
+
+
+def _measure_group_safely(group, repeats: int) -> dict:
+    import traceback
+
+    from bench.serving import measure_group
+
+    try:
+        return {"status": "ok", **measure_group(group, repeats=repeats)}
+    except Exception as e:  # noqa: BLE001 - a failed measurement is recorded, not fatal
+        return {"status": "failed", "error": "\n".join(traceback.format_exception(e)[-4:]),
+                "run_ids": [r.run_id for r in group]}
+
+
+def run_switch(records: list[ResultRecord], out_dir: Path, *, repeats: int = 20, force: bool = False,
+               isolate: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Measure task switching and serving for every group of runs that share all but the task;
+    each measurement runs in its own process and is appended to ``out_dir/switch.jsonl``."""
+    import json
+
+    from bench.results import append_line, read_json_lines
+    from bench.serving import SWITCH_SCHEMA_VERSION, switch_groups
+
+    path = Path(out_dir) / "switch.jsonl"
+    done = {tuple(r.get("run_ids", [])) for r in read_json_lines(path) if r.get("status") == "ok"}
+    out = []
+    groups = switch_groups(records)
+    for i, group in enumerate(groups, 1):
+        ids = tuple(r.run_id for r in group)
+        if ids in done and not force:
+            continue
+        log(f"[switch {i}/{len(groups)}] {group[0].run['model']} {group[0].run['method']}: "
+            f"{', '.join(r.run['task'] for r in group)}")
+        if isolate:
+            res, timed_out, code, _ = call_isolated(_measure_group_safely, (group, repeats))
+            if res is None:
+                res = {"status": "timeout" if timed_out else "killed", "run_ids": list(ids),
+                       "error": f"measurement process ended without a result (exit code {code})."}
+        else:
+            res = _measure_group_safely(group, repeats)
+        res["schema_version"] = SWITCH_SCHEMA_VERSION
+        append_line(path, json.dumps(res, sort_keys=True))
+        if res["status"] == "ok":
+            log(f"    warm switch {res['warm_switch']['median_s'] * 1e3:.2f} ms (forward {res['forward']['median_s'] * 1e3:.2f} ms), "
+                f"cold {res['cold_switch']['median_s'] * 1e3:.1f} ms")
+        else:
+            log(f"    -> {res['status']}: {res.get('error', '').strip().splitlines()[-1:]}")
+        out.append(res)
     return out

@@ -24,6 +24,10 @@ from bench.config import check, opt
 from bench.task import TaskSpec
 
 
+class MixedBatchUnsupported(NotImplementedError):
+    """One forward pass of this method cannot serve rows of different tasks."""
+
+
 @dataclass
 class MethodConfig:
     """Fields every method has. Subclasses add their own, each with a default and help."""
@@ -81,6 +85,19 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def activate(self, model: nn.Module, name: str) -> nn.Module:
         """Make the artifact loaded under ``name`` the one that serves. Returns the model."""
+
+    def unload(self, model: nn.Module, name: str) -> nn.Module:
+        """Remove the artifact loaded under ``name`` (and free its memory). Returns the model."""
+        raise NotImplementedError(f"method {self.name!r} does not implement `unload`.")
+
+    def forward_mixed(self, model: nn.Module, input_ids, attention_mask, adapter_names: list[str]):
+        """Serve row i of one batch with the artifact loaded under ``adapter_names[i]``.
+
+        Same inputs and ``.logits`` as ``prepare``'s forward. Raises ``MixedBatchUnsupported``
+        (with the reason) where one forward pass cannot serve several artifacts: a method must
+        never silently serve every row with one artifact.
+        """
+        raise MixedBatchUnsupported(f"method {self.name!r} cannot serve a mixed-task batch in one forward pass.")
 
     def trainable_parameters(self, model: nn.Module) -> int:
         """Parameters with requires_grad (peft's own count for peft models)."""

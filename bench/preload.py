@@ -12,3 +12,6 @@ import bench.runner  # noqa: F401
 from bench.registry import load_builtin_plugins
 
 load_builtin_plugins()
+
+import bench.executor  # noqa: E402,F401  (children run its functions: the server's copy, not a newer file)
+import bench.serving  # noqa: E402,F401

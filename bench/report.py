@@ -148,8 +148,57 @@ def wall_time_s(records: list[ResultRecord]) -> float | None:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def switch_tables(switch: list[dict]) -> str:
+    """Markdown tables of task-switch latency, serving memory and serving throughput."""
+    ok = [s for s in switch if s.get("status") == "ok"]
+    if not ok:
+        return ""
+    rows, tput = [], []
+    for s in sorted(ok, key=lambda s: (s["model"], s["method"])):
+        label = s["method"]
+        rows.append({
+            "method": label, "model": s["model"], "tasks": ", ".join(s["tasks"]),
+            "warm switch (median / p90)": f"{_ms(s['warm_switch']['median_s'])} / {_ms(s['warm_switch']['p90_s'])}",
+            "switch itself (activate)": _ms(s["warm_switch_cost_s"]),
+            "cold switch (median / p90)": f"{_ms(s['cold_switch']['median_s'])} / {_ms(s['cold_switch']['p90_s'])}",
+            "forward alone": _ms(s["forward"]["median_s"]),
+            "artifact per task": fmt_bytes(statistics.fmean(v for v in s["artifact_bytes"].values() if v is not None)),
+            f"memory serving {s['n_tasks']} tasks": fmt_bytes(s["serving_mem_bytes"]),
+        })
+        t = s.get("throughput", {})
+        mixed = t.get("mixed_examples_per_s")
+        tput.append({
+            "method": label, "model": s["model"],
+            "one artifact for all (ex/s)": f"{t.get('single_task_examples_per_s', 0):.1f}",
+            "grouped by task, switching (ex/s)": f"{t.get('grouped_examples_per_s', 0):.1f}",
+            "mixed batches (ex/s)": f"{mixed:.1f}" if mixed is not None else "n/a",
+            "mixed / one artifact": f"{t['mixed_over_single']:.2f}" if t.get("mixed_over_single") is not None else "n/a",
+            "why n/a": (t.get("mixed_unsupported") or "").split(": ", 1)[-1] if mixed is None else "",
+        })
+    first = ok[0]
+    head = (f"## Task switching\n\nOne frozen base model serving {first['n_tasks']} tasks ({', '.join(first['tasks'])}); "
+            f"batch of {first['batch_size']} test examples; median and p90 of {first['repeats']} repeats per ordered "
+            f"task pair after {first['warmup']} warm-up rounds, device-synchronised. Warm: the target task's artifact "
+            f"is already loaded (activate + first forward); the switch itself is the activate step, timed alone. Cold: it is loaded from its saved files first (the OS page "
+            f"cache is {first['page_cache']}: the files were read moments before). Full fine-tuning holds one full "
+            f"model per task. Memory: resident memory of the base model plus all tasks' artifacts over the process "
+            f"before loading ({first['serving_mem_kind']}).\n\n")
+    table = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    t2 = tabulate(pd.DataFrame(tput), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    serving = ("## Serving throughput\n\nA stream of requests alternating between the tasks, in batches of "
+               f"{first['batch_size']}: (a) mixed batches, each row served by its own task's artifact in one forward "
+               "pass; (b) the same requests grouped by task, switching between groups; (c) the same requests all "
+               f"served by one task's artifact (no switching, no mixing: the baseline). Best of "
+               f"{first.get('throughput', {}).get('repeats', 3)} passes.\n\n")
+    return head + table + "\n\n" + serving + t2 + "\n"
+
+
 def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
-                 notes: str = "") -> Path:
+                 notes: str = "", switch: list[dict] | None = None) -> Path:
     """Write ``out_dir/README.md``; everything in it comes from ``records``."""
     from bench.registry import TASKS, load_builtin_plugins
 
@@ -191,6 +240,8 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         if spec:
             lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
         lines += [make_table(records, task, names), ""]
+    if switch:
+        lines.append(switch_tables(switch))
     lines.append(_failures(records))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

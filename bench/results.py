@@ -44,12 +44,16 @@ class ResultRecord:
 
 
 def append_record(path: Path, record: ResultRecord) -> None:
+    append_line(path, record.to_json())
+
+
+def append_line(path: Path, text: str) -> None:
     """Append one complete line with a single write, then fsync. A line torn by a crash (kill -9
     or power loss mid-write) is never read as a record (``read_records`` skips it), and the next
     append starts on a fresh line, so one torn write never damages another record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (record.to_json() + "\n").encode()
+    line = (text + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -73,3 +77,15 @@ def read_records(path: Path) -> list[ResultRecord]:
             continue  # a line torn by a crash mid-write
         by_id[rec.run_id] = rec
     return list(by_id.values())
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """Every complete JSON line of a file (torn lines skipped); [] if the file does not exist."""
+    out = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out

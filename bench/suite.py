@@ -16,6 +16,7 @@
     timeout_s = 3600                   # per run; a run past it is killed and recorded "timeout"
     memory_limit_gb = 20               # per run, CPU address space; past it the run is "oom"
     trust_remote_code = ["org/model"]  # the only models allowed to run code from their repo
+    switch = true                      # then measure task switching and serving (see bench/serving.py)
 
 Built-in suites live in bench/suites/<name>.toml. Every problem of a suite is reported at once,
 before anything runs, each naming the file, the key and the valid choices.
@@ -38,7 +39,8 @@ from bench.runner import RunSpec
 SUITES_DIR = Path(__file__).parent / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
             "seeds": list, "train": dict, "method": dict, "grid": dict, "task_source": dict,
-            "timeout_s": (int, float), "memory_limit_gb": (int, float), "trust_remote_code": list}
+            "timeout_s": (int, float), "memory_limit_gb": (int, float), "trust_remote_code": list,
+            "switch": bool, "switch_repeats": int}
 
 
 class SuiteError(ValueError):
@@ -55,6 +57,8 @@ class Suite:
     runs: list[RunSpec]
     timeout_s: float | None = None
     memory_limit_gb: float | None = None
+    switch: bool = False  # after the runs, measure task switching / serving (bench/serving.py)
+    switch_repeats: int = 20
 
 
 def builtin_suites() -> list[str]:
@@ -145,7 +149,7 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     for mo in trusted:
         if mo not in model_names:
             problems.append(f"`trust_remote_code` names model {mo!r}, which is not in `models` ({', '.join(model_names)}).")
-    for key in ("timeout_s", "memory_limit_gb"):
+    for key in ("timeout_s", "memory_limit_gb", "switch_repeats"):
         if key in data and not data[key] > 0:
             problems.append(f"`{key}` must be positive, got {data[key]!r}.")
     if problems:
@@ -163,7 +167,8 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
                                        trust_remote_code=mo in trusted, suite=name)
                         runs.setdefault(spec.run_id, spec)  # overlapping grids: each run once
     return Suite(name=name, description=data.get("description", ""), path=str(path), runs=list(runs.values()),
-                 timeout_s=data.get("timeout_s"), memory_limit_gb=data.get("memory_limit_gb"))
+                 timeout_s=data.get("timeout_s"), memory_limit_gb=data.get("memory_limit_gb"),
+                 switch=data.get("switch", False), switch_repeats=data.get("switch_repeats", 20))
 
 
 def _variants(method: str, base: dict, grids, problems: list[str]) -> list[dict]:

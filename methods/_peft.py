@@ -10,7 +10,9 @@ from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from bench.config import check, opt
-from bench.method import Method, MethodConfig, ModelContext, assert_safetensors_only
+import torch
+
+from bench.method import Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only
 
 
 @dataclass
@@ -66,3 +68,48 @@ class PeftMethod(Method):
     def activate(self, model: nn.Module, name: str) -> nn.Module:
         model.set_adapter(name)
         return model
+
+    def unload(self, model: nn.Module, name: str) -> nn.Module:
+        model.delete_adapter(name)
+        return model
+
+
+def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_names: list[str]):
+    """One forward in which row i gets the soft prompt of adapter ``adapter_names[i]``.
+
+    peft applies the active adapter's prompt to every row and silently ignores ``adapter_names``
+    for prompt-learning methods (wrong rows, no error). Here each row gathers its own prompt from
+    a bank of the loaded adapters' prompts and the batch goes in as ``inputs_embeds``, exactly as
+    peft builds it for one adapter; task heads (encoders) are routed per row by peft's own
+    ``ModulesToSaveWrapper`` mixed-batch path.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    unknown = sorted(set(adapter_names) - set(model.peft_config))
+    if unknown:
+        raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
+    if len(adapter_names) != input_ids.shape[0]:
+        raise ValueError(f"`adapter_names` must have one name per row ({input_ids.shape[0]}), got {len(adapter_names)}.")
+    active = model.active_adapter
+    bank = {}
+    try:
+        for name in dict.fromkeys(adapter_names):
+            model.set_adapter(name)
+            bank[name] = model.get_prompt(batch_size=1)[0]
+    finally:
+        model.set_adapter(active)
+    lengths = {n: p.shape[0] for n, p in bank.items()}
+    if len(set(lengths.values())) > 1:
+        raise MixedBatchUnsupported(f"prompts of different lengths cannot share a batch: {lengths}.")
+    embeds = model.word_embeddings(input_ids)
+    prompts = torch.stack([bank[n] for n in adapter_names]).to(embeds.dtype)
+    mask = torch.cat([torch.ones(prompts.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device),
+                      attention_mask], dim=1)
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kw: (args, {**kw, "adapter_names": adapter_names}),
+                                         with_kwargs=True)
+             for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
+    try:
+        return model.get_base_model()(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=mask)
+    finally:
+        for h in hooks:
+            h.remove()

@@ -222,3 +222,17 @@ class BottleneckAdapterMethod(Method):
     def activate(self, model: nn.Module, name: str) -> nn.Module:
         model.set_adapter(name)
         return model
+
+    def unload(self, model: BottleneckModel, name: str) -> nn.Module:
+        if name not in model.configs:
+            raise KeyError(f"no bottleneck adapter named {name!r}; loaded: {sorted(model.configs)}.")
+        for m in model.routed():
+            del m.bank[name]
+            if m.active == name:
+                m.active = next(iter(m.bank), "")
+        del model.configs[name]
+        return model
+
+    def forward_mixed(self, model: BottleneckModel, input_ids, attention_mask, adapter_names):
+        with model.mixed(list(adapter_names)):
+            return model(input_ids=input_ids, attention_mask=attention_mask)

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from bench.config import opt
-from bench.method import Method, MethodConfig, ModelContext, assert_safetensors_only
+from bench.method import Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only
 from bench.registry import register_method
 
 
@@ -63,6 +63,14 @@ class FullFinetuneMethod(Method):
             raise KeyError(f"no full model loaded under {name!r}; loaded: {sorted(model.models)}.")
         model.active = name
         return model
+
+    def unload(self, model: nn.Module, name: str) -> nn.Module:
+        del model.models[name]
+        return model
+
+    def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
+        raise MixedBatchUnsupported("full_finetune: n/a, one forward pass runs one full set of weights; "
+                                    "rows of different tasks need different models.")
 
     def trainable_parameters(self, model: nn.Module) -> int:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -36,3 +36,7 @@ class LoraMethod(PeftMethod):
         c = self.config
         return PeftLoraConfig(task_type=task_type(ctx), r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
                               target_modules=list(c.target_modules) or None)
+
+    def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
+        # peft routes LoRA per row exactly (inference only), task heads included
+        return model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=list(adapter_names))

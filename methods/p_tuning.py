@@ -13,7 +13,7 @@ from peft import PromptEncoderConfig
 from bench.config import opt
 from bench.method import ModelContext
 from bench.registry import register_method
-from methods._peft import PeftMethod, VirtualTokenConfig, task_type
+from methods._peft import PeftMethod, VirtualTokenConfig, prompt_bank_forward, task_type
 
 
 @dataclass
@@ -34,3 +34,6 @@ class PTuningMethod(PeftMethod):
         return PromptEncoderConfig(task_type=task_type(ctx), num_virtual_tokens=c.num_virtual_tokens,
                                    encoder_reparameterization_type=c.encoder,
                                    encoder_hidden_size=c.encoder_hidden_size)
+
+    def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
+        return prompt_bank_forward(model, input_ids, attention_mask, adapter_names)

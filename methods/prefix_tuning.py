@@ -31,3 +31,10 @@ class PrefixTuningMethod(PeftMethod):
         return PeftPrefixTuningConfig(task_type=task_type(ctx), num_virtual_tokens=c.num_virtual_tokens,
                                       prefix_projection=c.projection,
                                       encoder_hidden_size=c.encoder_hidden_size)
+
+    def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
+        from bench.method import MixedBatchUnsupported
+
+        raise MixedBatchUnsupported(
+            "prefix_tuning: a mixed-task batch needs a per-row key/value prefix in every layer's cache; "
+            "peft builds one prefix cache per batch and silently ignores `adapter_names`. Serve one task per batch.")

@@ -21,7 +21,7 @@ from peft import PromptTuningInit
 from bench.config import check, opt
 from bench.method import ModelContext
 from bench.registry import register_method
-from methods._peft import PeftMethod, VirtualTokenConfig, task_type
+from methods._peft import PeftMethod, VirtualTokenConfig, prompt_bank_forward, task_type
 
 TOP_FREQUENT = 5000
 
@@ -94,3 +94,6 @@ class PromptTuningMethod(PeftMethod):
             elif self.config.init == "class_label":
                 emb = model.get_base_model().get_input_embeddings().weight
                 weight.copy_(class_label_init(emb.detach(), ctx, weight.shape[0]))
+
+    def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
+        return prompt_bank_forward(model, input_ids, attention_mask, adapter_names)
