@@ -112,7 +112,7 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     for k, v in data.items():
         if k not in TOP_KEYS:
             problems.append(f"unknown key {k!r}.{did_you_mean(k, TOP_KEYS)} Valid keys: {', '.join(sorted(TOP_KEYS))}.")
-        elif not isinstance(v, TOP_KEYS[k]) or isinstance(v, bool):
+        elif not isinstance(v, TOP_KEYS[k]) or (isinstance(v, bool) and TOP_KEYS[k] is not bool):
             kind = "number" if isinstance(TOP_KEYS[k], tuple) else TOP_KEYS[k].__name__
             problems.append(f"`{k}` must be a {kind}, got {v!r}.")
     if problems:
