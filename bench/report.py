@@ -189,11 +189,13 @@ def switch_tables(switch: list[dict]) -> str:
             f"before loading ({first['serving_mem_kind']}).\n\n")
     table = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
     t2 = tabulate(pd.DataFrame(tput), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-    serving = ("## Serving throughput\n\nA stream of requests alternating between the tasks, in batches of "
-               f"{first['batch_size']}: (a) mixed batches, each row served by its own task's artifact in one forward "
+    tp = first.get("throughput", {})
+    serving = ("## Serving throughput\n\nA stream of "
+               f"{tp.get('requests', '')} requests alternating between the tasks, in batches of "
+               f"{tp.get('batch_size', first['batch_size'])}: (a) mixed batches, each row served by its own task's artifact in one forward "
                "pass; (b) the same requests grouped by task, switching between groups; (c) the same requests all "
                f"served by one task's artifact (no switching, no mixing: the baseline). Best of "
-               f"{first.get('throughput', {}).get('repeats', 3)} passes.\n\n")
+               f"{tp.get('repeats', 3)} passes, the three modes interleaved.\n\n")
     return head + table + "\n\n" + serving + t2 + "\n"
 
 

@@ -153,3 +153,22 @@ def test_trust_remote_code_only_for_models_the_suite_names(tmp_path):
     assert not any(s.trust_remote_code for s in plain.runs)
     named = load_suite(write(tmp_path, base + 'trust_remote_code = ["tiny-llama"]\n', name="b"))
     assert {s.model: s.trust_remote_code for s in named.runs} == {"tiny-bert": False, "tiny-llama": True}
+
+
+def test_suite_with_switch_measures_serving_and_reports_it(tmp_path, capsys):
+    import json
+
+    suite = write(tmp_path, 'models = ["tiny-bert"]\ntasks = ["dummy", "sentiment"]\nseeds = [0]\n'
+                  'methods = ["prompt_tuning", "lora", "full_finetune"]\nswitch = true\n' + TRAIN)
+    out = tmp_path / "out"
+    assert main(["run", suite, "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "s" / "switch.jsonl").read_text().splitlines()]
+    assert sorted(x["method"] for x in lines) == ["full_finetune", "lora", "prompt_tuning"]
+    assert all(x["status"] == "ok" and x["warm_switch"]["n"] == 20 * 2 for x in lines)
+    report = (out / "s" / "README.md").read_text()
+    assert "## Task switching" in report and "## Serving throughput" in report
+    ft = [line for line in report.splitlines() if line.startswith("| full_finetune") and "ex/s" not in line][-1]
+    assert "n/a" in ft  # full fine-tuning cannot mix tasks in one forward
+    # measuring again on the saved artifacts, without retraining
+    assert main(["switch", str(out / "s"), "--force", "--repeats", "20"]) == 0
+    assert len((out / "s" / "switch.jsonl").read_text().splitlines()) == 6
