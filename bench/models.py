@@ -235,15 +235,23 @@ def load_model(spec: ModelSpec, path: str, num_labels: int, dtype: torch.dtype =
     return model
 
 
+def load_tokenizer(spec: ModelSpec):
+    """The model's tokenizer, right-padded, with a pad token (the EOS token if it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir(spec), trust_remote_code=spec.trust_remote_code)
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load(spec: ModelSpec, num_labels: int, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load the base model for a task with ``num_labels`` classes, and its tokenizer."""
     from transformers import AutoTokenizer
 
     path = model_dir(spec)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(spec)
     model = load_model(spec, path, num_labels, dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id

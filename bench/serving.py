@@ -11,7 +11,8 @@ One protocol for every method, through the method interface only (``load``, ``ac
   artifact into the model, not of reading a disk;
 - forward alone on the same batch, so that the switch cost itself (switch - forward) is known;
 - memory of serving N tasks at once: resident memory (CUDA: allocated) of the base model plus N
-  artifacts (full fine-tuning: N full models) over the process before the base model was loaded;
+  artifacts (full fine-tuning: N full models) over the process before the base model was loaded,
+  taken after every task has been served (weights are memory-mapped and become resident when used);
 - throughput of a request stream from several tasks: (a) mixed batches, (b) batches grouped by
   task with a switch between groups, (c) one task only.
 
@@ -73,8 +74,6 @@ def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], to
     for t in tasks:
         model = method.load(model, artifacts[t], ctx, t)
     model.eval()
-    release_memory()
-    mem_n = _memory(device) - mem0
 
     def forward(task: str) -> None:
         b = batches[task]
@@ -101,6 +100,9 @@ def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], to
                 warm.append(t_act + t_first)
                 act.append(t_act)
                 fwd.append(f)
+    # every task has now been served: weights loaded lazily (memory-mapped) are resident too
+    release_memory()
+    mem_n = _memory(device) - mem0
     for i in range(warmup + repeats):
         for a, b in pairs:
             method.activate(model, a)  # serving A ...
@@ -169,11 +171,10 @@ def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4
     if len(num_labels) != 1:
         raise ValueError(f"tasks {sorted(tasks)} have different numbers of labels {num_labels}: one head size per model.")
     n_labels = num_labels.pop()
-    lm = models.load(mspec, n_labels)
-    ctx = ModelContext(kind=mspec.kind, tokenizer=lm.tokenizer, task=next(iter(tasks.values())),
+    # the tokenizer only: no model may be loaded before the serving-memory baseline is taken
+    ctx = ModelContext(kind=mspec.kind, tokenizer=models.load_tokenizer(mspec), task=next(iter(tasks.values())),
                        head_names=("classifier",) if mspec.kind == "encoder" else (),
                        reload=lambda p: models.load_model(mspec, p, n_labels))
-    del lm
     encoded, batches = {}, {}
     for name, task in tasks.items():
         obj = objective_for(mspec.kind, task, ctx.tokenizer, train.max_length)
