@@ -14,7 +14,7 @@ from methods._peft import PeftMethod, VirtualTokenConfig, task_type
 
 @dataclass
 class PrefixTuningConfig(VirtualTokenConfig):
-    lr: float = opt(1e-3, "peak learning rate (the projection MLP diverges from the base at 1e-2)")
+    lr: float = opt(1e-3, "peak learning rate (at 1e-2, MiniLM sentiment stayed at the majority class after 120 steps)")
     num_virtual_tokens: int = opt(20, "prefix length per layer")
     projection: bool = opt(True, "reparameterise the prefix through an MLP while training "
                                  "(plain prefixes start far from the base model's loss)")
