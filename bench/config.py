@@ -11,7 +11,7 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 
 class ConfigError(ValueError):

@@ -248,8 +248,6 @@ def load_tokenizer(spec: ModelSpec):
 
 def load(spec: ModelSpec, num_labels: int, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load the base model for a task with ``num_labels`` classes, and its tokenizer."""
-    from transformers import AutoTokenizer
-
     path = model_dir(spec)
     tok = load_tokenizer(spec)
     model = load_model(spec, path, num_labels, dtype)

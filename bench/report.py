@@ -224,7 +224,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
             f"| seeds | {', '.join(map(str, sorted({r.run.get('train', {}).get('seed') for r in records})))} |",
             f"| runs | {len(records)} ({len(ok)} ok), wall time {_fmt_wall(wall_time_s(records))} from the first run's "
             f"start to the last run's end |",
-            f"| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + " |",
+            "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + " |",
             f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
             f"| reproduce | `{command}` |", "",
         ]
