@@ -105,6 +105,14 @@ class Prepared:
     baseline_rss: int
 
 
+def model_context(mspec, task: TaskSpec, tokenizer, train_texts: list[str] | None = None) -> ModelContext:
+    """What a method learns about the model it adapts (the one place that decides the head)."""
+    return ModelContext(kind=mspec.kind, tokenizer=tokenizer, task=task,
+                        head_names=("classifier",) if mspec.kind == "encoder" else (),
+                        reload=lambda p: models.load_model(mspec, p, task.num_labels),
+                        train_texts=list(train_texts or []))
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Validate the spec, load data and model, let the method make it trainable."""
     from accelerate import Accelerator
@@ -131,10 +139,8 @@ def prepare(spec: RunSpec) -> Prepared:
     train_enc = train_ds.map(objective.encode, batched=True, remove_columns=cols)
     # evaluation batches are sorted by length: less padding, same predictions
     test_enc = test_ds.map(objective.encode, batched=True, remove_columns=cols).sort("length", reverse=True)
-    head_names = ("classifier",) if mspec.kind == "encoder" else ()
-    ctx = ModelContext(kind=mspec.kind, tokenizer=lm.tokenizer, task=task, head_names=head_names,
-                       reload=lambda p: models.load_model(mspec, p, task.num_labels),
-                       train_texts=objective.texts({f: train_ds[f] for f in cols}))
+    ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: train_ds[f] for f in cols}))
+    head_names = ctx.head_names
     load_time = time.perf_counter() - t0
     release_memory()
     baseline_rss = current_rss()  # the post-load baseline both peaks are measured against

@@ -151,7 +151,7 @@ def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4
     from bench import models
     from bench.objectives import objective_for
     from bench.registry import METHODS, TASKS, load_builtin_plugins
-    from bench.runner import _device
+    from bench.runner import _device, model_context
     from bench.config import TrainConfig, from_dict
     from bench.task import load_splits
 
@@ -172,9 +172,7 @@ def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4
         raise ValueError(f"tasks {sorted(tasks)} have different numbers of labels {num_labels}: one head size per model.")
     n_labels = num_labels.pop()
     # the tokenizer only: no model may be loaded before the serving-memory baseline is taken
-    ctx = ModelContext(kind=mspec.kind, tokenizer=models.load_tokenizer(mspec), task=next(iter(tasks.values())),
-                       head_names=("classifier",) if mspec.kind == "encoder" else (),
-                       reload=lambda p: models.load_model(mspec, p, n_labels))
+    ctx = model_context(mspec, next(iter(tasks.values())), models.load_tokenizer(mspec))
     encoded, batches = {}, {}
     for name, task in tasks.items():
         obj = objective_for(mspec.kind, task, ctx.tokenizer, train.max_length)
