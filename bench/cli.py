@@ -4,7 +4,8 @@
     peftbench list --configs             # plus every method's config fields
     peftbench run                        # the default suite ("quick") -> results/quick/
     peftbench run lester --set steps=50  # a built-in suite or a suite.toml, with train overrides
-    peftbench report results/quick --out reports/quick
+    peftbench report results/quick --out reports/quick   # README.md + PNG figures
+    peftbench compare results/quick other/quick          # markdown diff of two result sets
 """
 
 from __future__ import annotations
@@ -149,6 +150,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare_markdown, load
+
+    a_records, a_switch, a_path = load(args.a)
+    b_records, b_switch, b_path = load(args.b)
+    text = compare_markdown(a_records, b_records, str(a_path), str(b_path), a_switch, b_switch)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="report folder (default: next to the results)")
     rep.add_argument("--notes", default="", help="text placed under the title")
     rep.set_defaults(func=cmd_report)
+    cmp = sub.add_parser("compare", help="markdown diff of two result sets: B/A per metric, flagged beyond the spread")
+    cmp.add_argument("a", help="results.jsonl (or a folder holding one): the reference")
+    cmp.add_argument("b", help="results.jsonl (or a folder holding one): compared against A")
+    cmp.add_argument("--out", default="compare.md", help="markdown file to write (default: compare.md)")
+    cmp.set_defaults(func=cmd_compare)
     return p
 
 

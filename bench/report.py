@@ -1,20 +1,22 @@
-"""Reports from result records alone: ``make_table(records) -> str`` and ``write_report``.
+"""Reports from result records alone: tables (``make_table``), figures (``bench.plots``), the
+paper-claim checks (``bench.claims``) and ``write_report``, which writes README.md plus PNGs.
 
-Rows are methods (runs of the same model/task/method/config pooled over seeds), plus the
-majority-class baseline of the task. Accuracy shows "mean ± spread": the std over seeds when there
-are several, else the binomial standard error over the test examples (the header says which).
+Every number comes from ``bench.aggregate.summarize``: rows are variants (runs of the same
+model/task/method/config pooled over seeds), plus the majority-class baseline of the task.
+Accuracy shows "mean ± spread": the std over seeds when there are several, else the binomial
+standard error over the test examples. The best value of every ↑/↓ column is in bold.
 """
 
 from __future__ import annotations
 
-import re
+import math
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
+from bench.aggregate import summarize, varying_keys
 from bench.results import ResultRecord
 
 
@@ -40,84 +42,72 @@ def fmt_s(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f} s" if x < 1 else f"{x:.1f} s"
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else None
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
 
 
-def _metric_cell(recs: list[ResultRecord], name: str) -> str:
-    vals = [r.metrics[name]["value"] for r in recs if name in r.metrics]
-    if not vals:
+def _num(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _metric_cell(row: pd.Series, name: str) -> str:
+    if math.isnan(row.get(name, math.nan)):
         return "—"
-    if len(vals) > 1:
-        return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
-    err = recs[0].metrics[name].get("stderr")
-    return f"{vals[0]:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+    err = row[f"{name}_spread"]
+    return f"{row[name]:.3f}" + (f" ± {err:.3f}" if not math.isnan(err) else "")
 
 
-def _group(records: list[ResultRecord]) -> dict[tuple, list[ResultRecord]]:
-    groups: dict[tuple, list[ResultRecord]] = defaultdict(list)
-    for r in records:
-        run = r.run
-        key = (run.get("model"), run.get("task"), run.get("method"), repr(sorted(run.get("method_config", {}).items())))
-        groups[key].append(r)
-    return groups
+def _columns(metric_names: tuple[str, ...], with_switch: bool) -> list[tuple]:
+    """(title, summary column, formatter, which value is best: "max" | "min" | None)."""
+    cols: list[tuple] = [(f"{m} ↑", m, None, "max") for m in metric_names]
+    cols += [
+        ("n", "n", lambda v: f"{int(v)}", None),
+        ("trainable params ↓", "trainable_params", fmt_count, "min"),
+        ("% of total", "pct_trainable", lambda v: f"{v:.3f}%", None),
+        ("of which head", "trainable_head_params", fmt_count, None),
+        ("stored ↓", "stored_bytes", fmt_bytes, "min"),
+        ("peak train mem ↓", "peak_mem_train_bytes", fmt_bytes, "min"),
+        ("peak eval mem ↓", "peak_mem_eval_bytes", fmt_bytes, "min"),
+        ("train time ↓", "train_time_s", fmt_s, "min"),
+        ("step time ↓", "step_time_median_s", fmt_s, "min"),
+    ]
+    if with_switch:
+        cols += [("warm switch ↓", "warm_switch_s", _ms, "min"), ("cold switch ↓", "cold_switch_s", _ms, "min")]
+    return cols
 
 
-def _natural(text: str) -> list:
-    """Sort key that puts num_virtual_tokens=5 before =20 before =100."""
-    return [float(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
+def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, ...] = ("accuracy",),
+               switch: list[dict] | None = None) -> str:
+    """Markdown comparison table for one task: one row per variant (successful runs pooled over
+    seeds; failures are listed separately), the best value of each ↑/↓ column in bold (when there
+    are several rows), and the task's majority-class baseline as the last row."""
+    return table_from_summary(summarize([r for r in records if r.run.get("task") == task], switch), metric_names)
 
 
-def variant_labels(records: list[ResultRecord]) -> dict[tuple, str]:
-    """Row label per group: the method name, plus the config values that vary between its runs
-    (grids), e.g. ``prompt_tuning (init=random, num_virtual_tokens=20)``."""
-    groups = _group(records)
-    configs: dict[str, list[dict]] = defaultdict(list)
-    for (_, _, method, _), recs in groups.items():
-        configs[method].append(recs[0].run.get("method_config", {}))
-    labels = {}
-    for key, recs in groups.items():
-        method, cfg = key[2], recs[0].run.get("method_config", {})
-        varying = sorted(k for k in cfg if len({repr(c.get(k)) for c in configs[method]}) > 1)
-        labels[key] = method + (f" ({', '.join(f'{k}={cfg[k]}' for k in varying)})" if varying else "")
-    return labels
-
-
-def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, ...] = ("accuracy",)) -> str:
-    """Markdown comparison table for one task (successful runs only; failures listed separately)."""
-    ok = [r for r in records if r.status == "ok" and r.run.get("task") == task]
-    rows = []
-    labels = variant_labels(ok)
-    for key, recs in sorted(_group(ok).items(), key=lambda kv: (kv[0][0], _natural(labels[kv[0]]))):
-        model, method = key[0], labels[key]
-        p = recs[0].params
-        res = lambda k: _mean([r.resources.get(k) for r in recs])  # noqa: E731
-        total = p.get("total_params") or 0
-        row = {"method": method, "model": model}
-        for m in metric_names:
-            row[f"{m} ↑"] = _metric_cell(recs, m)
-        row.update({
-            "trainable params ↓": fmt_count(p.get("trainable_params")),
-            "% of total": f"{100 * p['trainable_params'] / total:.3f}%" if total else "—",
-            "of which head": fmt_count(p.get("trainable_head_params")),
-            "stored": fmt_bytes(p.get("stored_bytes")),
-            "peak train mem ↓": fmt_bytes(res("peak_mem_train_bytes")),
-            "peak eval mem ↓": fmt_bytes(res("peak_mem_eval_bytes")),
-            "train time ↓": fmt_s(res("train_time_s")),
-            "step time ↓": fmt_s(res("step_time_median_s")),
-            "seeds": len(recs),
-        })
-        rows.append(row)
-    base = [r.baselines.get("majority_accuracy") for r in records if r.run.get("task") == task and r.baselines]
-    if base:
-        row = {k: "—" for k in (rows[0] if rows else {"method": "", "model": ""})}
-        row.update({"method": "majority class (baseline)", "model": "—", "accuracy ↑": f"{base[0]:.3f}"})
-        rows.append(row)
-    if not rows:
+def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> str:
+    if summary.empty:
         return "_no successful runs_"
-    df = pd.DataFrame(rows).fillna("—")
-    return tabulate(df, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()))
+    # the best value, as displayed: values that print the same are tied and all marked
+    best = {title: (summary[col].max() if how == "max" else summary[col].min())
+            for title, col, _, how in cols if how and len(summary) > 1 and summary[col].notna().any()}
+    best = {title: (f"{v:.3f}" if fmt is None else fmt(v)) for title, col, fmt, _ in cols
+            if title in best for v in [best[title]]}
+    rows = []
+    for _, r in summary.iterrows():
+        row = {"method": r["label"], "model": r["model"]}
+        for title, col, fmt, _ in cols:
+            v = _num(r.get(col))
+            cell = _metric_cell(r, col) if col in metric_names else ("—" if v is None else fmt(v))
+            shown = (f"{v:.3f}" if fmt is None else fmt(v)) if v is not None else None
+            row[title] = f"**{cell}**" if shown is not None and best.get(title) == shown else cell
+        rows.append(row)
+    base = summary["majority_accuracy"].dropna()
+    if len(base):
+        row = {k: "—" for k in rows[0]}
+        row.update({"method": "majority class (baseline)", "accuracy ↑": f"{base.iloc[0]:.3f}"})
+        rows.append(row)
+    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
 
 
 def _fmt_wall(s: float | None) -> str:
@@ -146,10 +136,6 @@ def wall_time_s(records: list[ResultRecord]) -> float | None:
     except (TypeError, ValueError):
         return None
     return (max(ends) - min(starts)).total_seconds() if starts and ends else None
-
-
-def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
 
 
 def switch_tables(switch: list[dict]) -> str:
@@ -200,54 +186,98 @@ def switch_tables(switch: list[dict]) -> str:
     return head + table + "\n\n" + serving + t2 + "\n"
 
 
+def claims_section(summary: pd.DataFrame, metric: str = "accuracy") -> str:
+    from bench.claims import RULE, check_claims
+
+    claims = check_claims(summary, metric)
+    if not claims:
+        return ""
+    rows = [{"claim": f"({c.id}) {c.statement}", "model / task": f"{c.model} / {c.task}", "verdict": f"**{c.verdict}**",
+             "numbers": c.evidence} for c in claims]
+    return ("## Claims of Lester et al. (2021), checked on these runs\n\n" + RULE + "\n\n"
+            + tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+            + "\n")
+
+
+def _header(records: list[ResultRecord], command: str) -> list[str]:
+    ok = [r for r in records if r.status == "ok"]
+    ref = ok[0] if ok else (records[0] if records else None)
+    if ref is None or not ref.env:
+        return []
+    env, tr = ref.env, ref.run.get("train", {})
+    pk = env.get("packages", {})
+    n_test = sorted({(r.run.get("task"), r.run.get("n_test")) for r in ok})
+    return [
+        "| setting | value |", "|---|---|",
+        f"| suite | {', '.join(sorted({str(r.run.get('suite')) for r in records}))} |",
+        f"| models | {', '.join(sorted({r.run.get('model') for r in records}))} |",
+        f"| device | {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} torch threads, "
+        f"{env.get('cpu_count')} CPUs |",
+        f"| training | {tr.get('steps')} steps × batch {tr.get('batch_size')}, AdamW, linear warm-up "
+        f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')}, "
+        f"mixed precision {tr.get('mixed_precision')} |",
+        f"| data | up to {tr.get('n_train')} training examples per task; test examples: "
+        + ", ".join(f"{t} {n}" for t, n in n_test) + " |",
+        f"| seeds | {', '.join(map(str, sorted({r.run.get('train', {}).get('seed') for r in records})))} |",
+        f"| runs | {len(records)} ({len(ok)} ok), wall time {_fmt_wall(wall_time_s(records))} from the first run's "
+        f"start to the last run's end |",
+        "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + f", python {env.get('python')} |",
+        f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
+        f"| reproduce | `{command}` |", "",
+    ]
+
+
 def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
-                 notes: str = "", switch: list[dict] | None = None) -> Path:
-    """Write ``out_dir/README.md``; everything in it comes from ``records``."""
+                 notes: str = "", switch: list[dict] | None = None, figures: bool = True) -> Path:
+    """Write ``out_dir/README.md`` and its PNG figures; everything in them comes from ``records``
+    (and the ``switch`` measurements)."""
+    from bench import plots
     from bench.registry import TASKS, load_builtin_plugins
 
     load_builtin_plugins()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [p for pat in plots.FIGURE_PATTERNS for p in out_dir.glob(pat)]:
+        old.unlink()  # figures of an earlier report of this folder that this one may not redraw
     ok = [r for r in records if r.status == "ok"]
-    ref = ok[0] if ok else (records[0] if records else None)
+    summary = summarize(records, switch)
+    varying = varying_keys(ok)
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes, ""]
-    if ref is not None and ref.env:
-        env, tr = ref.env, ref.run.get("train", {})
-        pk = env.get("packages", {})
-        lines += [
-            "| setting | value |", "|---|---|",
-            f"| models | {', '.join(sorted({r.run.get('model') for r in records}))} |",
-            f"| device | {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} torch threads |",
-            f"| training | {tr.get('steps')} steps × batch {tr.get('batch_size')}, AdamW, linear warm-up "
-            f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')} |",
-            f"| data | up to {tr.get('n_train')} training examples, {ref.run.get('n_test')} test examples per task |",
-            f"| seeds | {', '.join(map(str, sorted({r.run.get('train', {}).get('seed') for r in records})))} |",
-            f"| runs | {len(records)} ({len(ok)} ok), wall time {_fmt_wall(wall_time_s(records))} from the first run's "
-            f"start to the last run's end |",
-            "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + " |",
-            f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
-            f"| reproduce | `{command}` |", "",
-        ]
+    lines += _header(records, command)
+    cpu = bool(ok) and ok[0].resources.get("peak_mem_kind") == "cpu_rss_sampled"
     lines += [
-        "Columns: accuracy on the held-out test split (± binomial standard error for one seed, ± std "
-        "over seeds otherwise); trainable params = parameters with requires_grad while training "
-        "(for encoders this includes the classification head every method trains, shown as "
-        "'of which head'); stored = bytes of the saved artifact; peak memory = "
-        + ("peak RSS above the post-load baseline, sampled every 5 ms" if (ref and ref.resources.get("peak_mem_kind") == "cpu_rss_sampled")
+        "Columns: accuracy on the held-out test split, mean ± spread (the std over seeds, or the binomial "
+        "standard error over test examples for one seed), n = seeds; trainable params = parameters with "
+        "requires_grad while training (for encoders this includes the classification head every method "
+        "trains, shown as 'of which head'); stored = bytes of the saved artifact; peak memory = "
+        + ("peak RSS above the post-load baseline, sampled every 5 ms" if cpu
            else "torch.cuda.max_memory_allocated above the post-load baseline")
-        + "; step time = median over training steps (first step excluded).", ""]
+        + "; step time = median over training steps (first step excluded); switch = median task-switch "
+        "latency when measured (see Task switching). Bold: the best value of a ↑ / ↓ column.", ""]
     for task in sorted({r.run.get("task") for r in records}):
         spec = TASKS.get(task) if task in TASKS else None
         names = spec.metrics if spec else ("accuracy",)
+        rows = summary[summary["task"] == task] if not summary.empty else summary
         lines += [f"## {task}", ""]
         if spec:
             lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
-        lines += [make_table(records, task, names), ""]
+        lines += [table_from_summary(rows, names), ""]
+        if figures and not rows.empty:
+            figs = [("Pareto fronts: accuracy against trainable parameters and against peak training memory",
+                     plots.pareto(rows, names[0], out_dir, task)),
+                    ("Peak memory, training and evaluation", plots.memory_bars(rows, out_dir, task))]
+            figs += [("Grid: " + f.removesuffix(".png").replace("_", " "), f)
+                     for f in plots.grid_plots(rows, varying, names[0], out_dir, task)]
+            lines += [f"![{alt}]({f})" for alt, f in figs if f] + [""]
+    lines.append(claims_section(summary))
     if switch:
         lines.append(switch_tables(switch))
+        fig = plots.switch_bars(summary, out_dir) if figures and not summary.empty else None
+        if fig:
+            lines += [f"![Task-switch latency per method, log scale]({fig})", ""]
     lines.append(_failures(records))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "README.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

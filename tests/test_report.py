@@ -1,32 +1,46 @@
 from __future__ import annotations
 
-from bench.report import make_table
+import re
+
+import pytest
+
+from bench.aggregate import pareto_front, summarize
+from bench.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, check_claims
+from bench.report import make_table, write_report
 from bench.results import ResultRecord, append_record, read_records
 
 
-def rec(method, seed, acc, trainable, status="ok"):
+def rec(method, seed, acc, trainable, status="ok", config=None, stored=None, mem=3 * 2**20, task="t", model="m",
+        step=0.25):
+    config = config or {}
+    cid = "-".join(f"{k}{v}" for k, v in sorted(config.items()))
     return ResultRecord(
-        run={"run_id": f"{method}-{seed}", "model": "m", "task": "t", "method": method, "method_config": {},
-             "train": {"seed": seed}},
+        run={"run_id": f"{model}-{task}-{method}{cid}-{seed}", "model": model, "task": task, "method": method,
+             "method_config": config, "train": {"seed": seed}, "suite": "s"},
         status=status,
         metrics={"accuracy": {"value": acc, "stderr": 0.01, "higher_is_better": True}} if status == "ok" else {},
         params={"trainable_params": trainable, "total_params": 1_000_000, "trainable_head_params": 10,
-                "stored_params": trainable, "stored_bytes": trainable * 4},
-        resources={"peak_mem_train_bytes": 3 * 2**20, "peak_mem_eval_bytes": 2**20, "train_time_s": 12.5,
-                   "step_time_median_s": 0.25},
+                "stored_params": stored if stored is not None else trainable,
+                "stored_bytes": 4 * (stored if stored is not None else trainable)},
+        resources={"peak_mem_train_bytes": mem, "peak_mem_eval_bytes": 2**20, "train_time_s": 12.5,
+                   "step_time_median_s": step, "peak_mem_kind": "cpu_rss_sampled"},
         baselines={"majority_accuracy": 0.6},
+        env={"device": "cpu", "device_name": "test cpu", "torch_threads": 2, "cpu_count": 2, "python": "3.11",
+             "packages": {"torch": "2"}, "git_commit": "abc"},
     )
 
 
 GOLDEN = """\
-| method                    | model   | accuracy ↑    | trainable params ↓   | % of total   | of which head   | stored   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   | seeds   |
-|---------------------------|---------|---------------|----------------------|--------------|-----------------|----------|--------------------|-------------------|----------------|---------------|---------|
-| lora                      | m       | 0.800 ± 0.010 | 2.00k                | 0.200%       | 10              | 7.8 KiB  | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       | 1       |
-| prompt_tuning             | m       | 0.750 ± 0.071 | 100                  | 0.010%       | 10              | 400 B    | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       | 2       |
-| majority class (baseline) | —       | 0.600         | —                    | —            | —               | —        | —                  | —                 | —              | —             | —       |"""
+| method                    | model   | accuracy ↑        | n   | trainable params ↓   | % of total   | of which head   | stored ↓   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   |
+|---------------------------|---------|-------------------|-----|----------------------|--------------|-----------------|------------|--------------------|-------------------|----------------|---------------|
+| lora                      | m       | **0.800 ± 0.010** | 1   | 2.00k                | 0.200%       | 10              | 7.8 KiB    | **3.0 MiB**        | **1.0 MiB**       | **12.5 s**     | **0.250 s**   |
+| prompt_tuning             | m       | 0.750 ± 0.071     | 2   | **100**              | 0.010%       | 10              | **400 B**  | **3.0 MiB**        | **1.0 MiB**       | **12.5 s**     | **0.250 s**   |
+| majority class (baseline) | —       | 0.600             | —   | —                    | —            | —               | —          | —                  | —                 | —              | —             |"""
 
 
 def test_make_table_golden():
+    """Seeds pool into mean ± std (n=2), one seed shows ± its standard error, failures are left
+    out, the best of each ↑/↓ column is bold (ties all bold) and the baseline is the last row."""
     records = [rec("prompt_tuning", 0, 0.7, 100), rec("prompt_tuning", 1, 0.8, 100), rec("lora", 0, 0.8, 2000),
                rec("lora", 1, None, 2000, status="failed")]
     assert make_table(records, "t") == GOLDEN
@@ -40,5 +54,136 @@ def test_records_round_trip_and_torn_line_is_skipped(tmp_path):
     with open(path, "a") as f:
         f.write('{"run": {"run_id": "half"')  # a crash in the middle of a write
     got = {r.run_id: r for r in read_records(path)}
-    assert set(got) == {"lora-0", "prompt_tuning-0"}
-    assert got["lora-0"].metrics == a.metrics
+    assert set(got) == {a.run_id, b.run_id}
+    assert got[a.run_id].metrics == a.metrics
+
+
+def test_pareto_front_membership():
+    cost = [1, 2, 3, 4, 4, float("nan")]
+    value = [0.5, 0.7, 0.6, 0.9, 0.8, 1.0]
+    # (3, .6) is dominated by (2, .7); (4, .8) by (4, .9); NaN cost is never on the front
+    assert pareto_front(cost, value) == [True, True, False, True, False, False]
+    assert pareto_front([1, 1], [0.5, 0.5]) == [True, True]  # equal points do not dominate each other
+
+
+def pt(init="class_label", n=20):
+    return {"init": init, "num_virtual_tokens": n, "lr": 0.03}
+
+
+def lester_records(acc: dict[tuple, tuple[float, float]]) -> list[ResultRecord]:
+    """Two seeds per variant with the given accuracies; parameters like SmolLM2-135M's."""
+    out = []
+    for (method, init, n), (a0, a1) in acc.items():
+        cfg = pt(init, n) if method == "prompt_tuning" else {"lr": 1e-3}
+        trainable = {"prompt_tuning": 576 * (n or 0), "lora": 460_800, "full_finetune": 134_515_008}[method]
+        out += [rec(method, s, a, trainable, config=cfg, mem=(2 if method == "full_finetune" else 1) * 2**30)
+                for s, a in enumerate((a0, a1))]
+    return out
+
+
+LESTER = {
+    ("prompt_tuning", "class_label", 20): (0.80, 0.82),
+    ("prompt_tuning", "sample_vocab", 20): (0.74, 0.76),
+    ("prompt_tuning", "random", 20): (0.60, 0.62),
+    ("prompt_tuning", "class_label", 1): (0.70, 0.72),
+    ("prompt_tuning", "class_label", 100): (0.81, 0.83),
+    ("lora", None, None): (0.84, 0.86),
+    ("full_finetune", None, None): (0.88, 0.90),
+}
+
+
+def verdicts(records):
+    return {c.id: c.verdict for c in check_claims(summarize(records))}
+
+
+def test_claim_verdicts_follow_the_rule():
+    # std over 2 seeds of (x, x + .02) is .0141: (a) .81 > .75 > .61, (b) 20 beats 1 by .10 and
+    # 100 gains .01 < spread, (c) full FT .89 beats the best prompt .82, (d) 100 tokens = 57,600
+    # parameters: 8x fewer than LoRA's 460,800, short of 10x -> not supported
+    assert verdicts(lester_records(LESTER)) == {"a": SUPPORTED, "b": SUPPORTED, "c": SUPPORTED, "d": NOT_SUPPORTED}
+    # without the 100-token variant every prompt is >= 10x smaller than LoRA and full FT
+    no100 = {k: v for k, v in LESTER.items() if k[2] != 100}
+    assert verdicts(lester_records(no100))["d"] == SUPPORTED
+    assert "b" not in verdicts(lester_records(no100))  # the claim needs 1, 20 and 100 tokens
+
+
+def test_claim_inconclusive_within_the_seed_spread():
+    noisy = dict(LESTER)
+    noisy[("prompt_tuning", "sample_vocab", 20)] = (0.70, 0.84)  # mean .77, std .099 > .81 - .77
+    noisy[("full_finetune", None, None)] = (0.80, 0.86)  # .83 vs best prompt .82 (100 tokens), std .042
+    v = verdicts(lester_records(noisy))
+    assert v["a"] == INCONCLUSIVE and v["c"] == INCONCLUSIVE
+    worse = dict(LESTER)
+    worse[("prompt_tuning", "random", 20)] = (0.85, 0.87)  # random beats sampled vocab beyond the spread
+    worse[("prompt_tuning", "class_label", 100)] = (0.90, 0.92)  # 100 tokens gain .10: not "little"
+    v = verdicts(lester_records(worse))
+    assert v["a"] == NOT_SUPPORTED and v["b"] == NOT_SUPPORTED
+
+
+def _tables_and_images(md: str):
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable("table").parse(md)
+    tables = [t for t in tokens if t.type == "table_open"]
+    images = [c.attrs["src"] for t in tokens if t.type == "inline" for c in (t.children or []) if c.type == "image"]
+    return tokens, tables, images
+
+
+def test_report_renders_tables_and_figures(tmp_path):
+    """The README parses as markdown: every pipe-table block renders as a table with as many cells
+    per row as header cells, every image link names a PNG in the folder of a sane size."""
+    from PIL import Image
+
+    records = lester_records(LESTER) + [rec("lora", 0, None, 1, status="failed", config={"lr": 9.0})]
+    path = write_report(records, tmp_path, "t", "peftbench report x")
+    md = path.read_text()
+    tokens, tables, images = _tables_and_images(md)
+    blocks = re.findall(r"(?:^\|.*\n)+", md, flags=re.M)
+    assert len(tables) == len(blocks) >= 3  # header, the task, the claims
+    for block in blocks:
+        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+    assert {"pareto_t.png", "memory_t.png", "grid_t_prompt_tuning_init.png",
+            "grid_t_prompt_tuning_num_virtual_tokens.png"} <= set(images)
+    for src in images:
+        with Image.open(tmp_path / src) as im:
+            assert im.format == "PNG" and 300 <= im.width <= 3000 and 200 <= im.height <= 2000
+    assert "| (a) Prompt initialisation" in md and "**supported**" in md and "**not supported**" in md
+    assert "**failed**" in md  # the failed run is listed, not hidden
+
+
+def test_table_bold_marks_best_and_pareto_in_summary():
+    s = summarize(lester_records(LESTER))
+    table = make_table(lester_records(LESTER), "t")
+    assert "| full_finetune" in table and "**0.890 ± 0.014**" in table
+    assert "**576**" in table  # 1-token prompt: fewest trainable parameters
+    front = pareto_front(list(s["trainable_params"]), list(s["accuracy"]))
+    on = set(s.loc[front, "label"])
+    assert on == {"prompt_tuning (init=class_label, num_virtual_tokens=1)",
+                  "prompt_tuning (init=class_label, num_virtual_tokens=20)",
+                  "prompt_tuning (init=class_label, num_virtual_tokens=100)", "lora", "full_finetune"}
+
+
+def test_compare_flags_changes_beyond_the_spread(tmp_path):
+    from bench.cli import main
+
+    a = lester_records(LESTER)
+    changed = dict(LESTER)
+    changed[("lora", None, None)] = (0.70, 0.72)  # -.14, spread .014: flagged
+    changed[("full_finetune", None, None)] = (0.885, 0.905)  # +.005: within the spread
+    b = lester_records(changed)
+    for name, recs in (("a", a), ("b", b)):
+        for r in recs:
+            append_record(tmp_path / name / "results.jsonl", r)
+    out = tmp_path / "cmp.md"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    md = out.read_text()
+    lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in md.splitlines() if line.startswith("| m")}
+    assert "beyond spread" in lines[("m / t / lora", "accuracy")] and "0.835" in lines[("m / t / lora", "accuracy")]
+    assert "beyond" not in lines[("m / t / full_finetune", "accuracy")]
+    assert "1.000" in lines[("m / t / lora", "trainable params")]
+    _, tables, _ = _tables_and_images(md)
+    assert len(tables) == 1
+    with pytest.raises(SystemExit):
+        main(["compare", str(tmp_path / "a")])
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2

@@ -96,9 +96,9 @@ def test_kill_9_during_result_writing(tmp_path):
     ''')
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -signal.SIGKILL
-    assert [r.run_id for r in read_records(path)] == ["lora-0"]
+    assert [r.run_id for r in read_records(path)] == ["m-t-lora-0"]
     append_record(path, rec("p_tuning", 0, 0.75, 10))
-    assert [r.run_id for r in read_records(path)] == ["lora-0", "p_tuning-0"]
+    assert [r.run_id for r in read_records(path)] == ["m-t-lora-0", "m-t-p_tuning-0"]
 
 
 def test_grids_expand_union_and_ids_are_stable(tmp_path):
