@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_local(todo, out_dir, isolate=args.isolate, timeout_s=timeout,
                         memory_limit_gb=suite.memory_limit_gb, log=lambda m: print(m, flush=True))
     records = read_records(results)
-    if suite.switch:
+    if suite.switch and args.switch:
         from bench.executor import run_switch
 
         run_switch(records, out_dir, repeats=suite.switch_repeats, isolate=args.isolate,
@@ -164,6 +164,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from bench.overhead import PLAIN_METHODS, markdown, measure, suite_overhead
+    from bench.runner import RunSpec
+    from bench.suite import load_suite
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    parts = []
+    if args.suite:
+        parts.append(suite_overhead(args.suite, log=log))
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in PLAIN_METHODS]
+        if bad:
+            raise ValueError(f"`--methods` must be among {', '.join(PLAIN_METHODS)} (the plain loop's methods), got {bad}.")
+        # the default suite's training settings and method configs, unless overridden
+        base = {(r.method, r.task): r for r in load_suite("quick", parse_overrides(args.set)).runs}
+        specs = {}
+        for m in methods:
+            ref = base.get((m, args.task)) or next(r for r in base.values() if r.method == m)
+            specs[m] = RunSpec(model=args.model, task=args.task, method=m, method_config=ref.method_config,
+                               train=ref.train, suite="bench-overhead")
+        pairs = measure(specs, args.repeats, log=log)
+        parts.append(markdown(pairs, next(iter(specs.values())), args.repeats))
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds per run before it is killed (default: the suite's timeout_s, else none)")
     run.add_argument("--no-isolate", dest="isolate", action="store_false",
                      help="run in this process instead of a forked child per run")
+    run.add_argument("--no-switch", dest="switch", action="store_false",
+                     help="skip the suite's task-switch measurements (`peftbench switch` can take them later)")
     run.set_defaults(func=cmd_run)
     sw = sub.add_parser("switch", help="measure task switching and serving on a suite's saved artifacts (no retraining)")
     sw.add_argument("results", help="results.jsonl, or a folder holding one (its artifacts must still be on disk)")
@@ -200,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", help="results.jsonl (or a folder holding one): compared against A")
     cmp.add_argument("--out", default="compare.md", help="markdown file to write (default: compare.md)")
     cmp.set_defaults(func=cmd_compare)
+    ov = sub.add_parser("bench-overhead", help="the harness against a plain PyTorch + peft loop doing the same work",
+                        epilog=_train_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ov.add_argument("--model", default="minilm", help="an encoder model (default: minilm)")
+    ov.add_argument("--task", default="sentiment", help="a single-text task (default: sentiment)")
+    ov.add_argument("--methods", default="lora,prompt_tuning", help="comma-separated: lora, prompt_tuning")
+    ov.add_argument("--repeats", type=int, default=5, help="interleaved harness / plain pairs per method (default 5)")
+    ov.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a training setting (default: the quick suite's)")
+    ov.add_argument("--suite", default=None,
+                    help="instead: time `peftbench run SUITE --no-switch` against its runs' pure train + eval time")
+    ov.add_argument("--out", default=None, help="also write the markdown to this file")
+    ov.set_defaults(func=cmd_bench_overhead)
     return p
 
 

@@ -195,7 +195,7 @@ class MaskedMeanPooler(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def _use_mean_pooling(model: nn.Module) -> None:
+def use_mean_pooling(model: nn.Module) -> None:
     encoder = model.base_model
     if not hasattr(encoder, "pooler"):
         raise ValueError(f"`pooling` = 'mean' needs an encoder with a `pooler` attribute; "
@@ -229,7 +229,7 @@ def load_model(spec: ModelSpec, path: str, num_labels: int, dtype: torch.dtype =
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kw)
             if spec.pooling == "mean":
-                _use_mean_pooling(model)
+                use_mean_pooling(model)
     finally:
         hf_logging.set_verbosity(verbosity)
     return model

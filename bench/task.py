@@ -128,9 +128,7 @@ def load_splits(spec: TaskSpec, source: str | None = None) -> datasets.DatasetDi
     read back), so that runs in separate processes do not de-duplicate and split again.
     """
     datasets.disable_progress_bars()  # per-row map/filter bars are noise next to training's
-    key = hashlib.sha256(repr((spec.name, spec.version, spec.split_seed, spec.test_size, spec.validation_size,
-                               spec.input_fields, spec.label_names, source, _source_stamp(source))).encode())
-    cached = cache_dir() / "splits" / f"{spec.name}-v{spec.version}-{key.hexdigest()[:12]}"
+    cached = split_cache_dir(spec, source)
     if (cached / ".complete").exists():
         return datasets.load_from_disk(str(cached))
     splits = _build_splits(spec, source)
@@ -141,6 +139,13 @@ def load_splits(spec: TaskSpec, source: str | None = None) -> datasets.DatasetDi
     os.replace(tmp / "d", cached)  # atomic: a crash never leaves half a cache
     shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(cached))
+
+
+def split_cache_dir(spec: TaskSpec, source: str | None = None) -> Path:
+    """Where ``load_splits`` keeps the splits of (task, version, source) on disk."""
+    key = hashlib.sha256(repr((spec.name, spec.version, spec.split_seed, spec.test_size, spec.validation_size,
+                               spec.input_fields, spec.label_names, source, _source_stamp(source))).encode())
+    return cache_dir() / "splits" / f"{spec.name}-v{spec.version}-{key.hexdigest()[:12]}"
 
 
 def _mk(path: Path) -> Path:

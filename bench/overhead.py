@@ -1,0 +1,234 @@
+"""``peftbench bench-overhead``: what the harness costs on top of the training it measures.
+
+For one model and task and each method, the same work runs through (a) the harness
+(``bench.executor.run_local``, in this process, exactly what a suite runs minus the fork) and (b)
+``plain_run``: the plainest hand-written PyTorch + peft loop, interleaved A B A B over repeats.
+Both read the same cached split from disk, draw the same examples and batches (the same seeded
+shuffle), build the same network, train it with the same AdamW, schedule and clipping for the same
+steps, save the adapter, evaluate the same test examples and write one JSON line. Printed per
+method: medians over repeats of the per-step median time, the evaluation throughput and the
+whole-run wall time (model load, data preparation, training, saving, evaluation, result writing),
+and the median over pairs of the harness/plain ratio.
+
+``--suite`` measures a whole suite instead: ``peftbench run SUITE --no-switch`` in a fresh
+process, timed from outside, against the sum of its runs' pure training + evaluation time.
+
+Only the network definition is shared: ``bench.models.use_mean_pooling`` (the same model must be
+trained for the comparison to mean anything). Everything else on the plain path is written here.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.runner import RunSpec
+
+PLAIN_METHODS = ("lora", "prompt_tuning")
+
+
+def _peft_config(method: str, cfg) -> object:
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    if method == "lora":
+        return LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout)
+    if method == "prompt_tuning":
+        # random init: initialisation changes the numbers, not the work of a step
+        return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
+                                  prompt_tuning_init=PromptTuningInit.RANDOM)
+    raise ValueError(f"`method` must be one of {', '.join(PLAIN_METHODS)} for the plain loop, got {method!r}.")
+
+
+def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_dir: Path) -> dict:
+    """A minimal training + evaluation loop, written without the harness (see the module doc)."""
+    import datasets
+    from peft import get_peft_model
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
+                              get_linear_schedule_with_warmup, set_seed)
+    from transformers.utils import logging as hf_logging
+
+    from bench.models import use_mean_pooling
+
+    t0 = time.perf_counter()
+    hf_logging.set_verbosity_error()  # the new classifier's "missing weights" report is expected
+    cfg = spec.train
+    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+    splits = datasets.load_from_disk(split_dir)
+    train = splits["train"].shuffle(seed=cfg.seed).select(range(min(cfg.n_train, len(splits["train"]))))
+    test = splits["test"].select(range(min(cfg.n_test, len(splits["test"]))))
+    tok = AutoTokenizer.from_pretrained(model_path)
+    set_seed(cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True)
+    use_mean_pooling(model)
+    train_ids = tok(list(train["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
+    test_ids = tok(list(test["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
+    train_labels, test_labels = list(train["label"]), list(test["label"])
+    set_seed(cfg.seed)
+    model = get_peft_model(model, _peft_config(spec.method, method_cfg))
+
+    def collate(idx, ids, labels):
+        batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"], torch.tensor([labels[i] for i in idx])
+
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n]
+    opt = torch.optim.AdamW([{"params": body, "lr": method_cfg.lr}, {"params": head, "lr": cfg.head_lr}],
+                            weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+    order = torch.utils.data.DataLoader(range(len(train_ids)), batch_size=cfg.batch_size, shuffle=True,
+                                        generator=torch.Generator().manual_seed(cfg.seed), drop_last=True,
+                                        collate_fn=lambda idx: idx)
+    model.train()
+    step_times, losses, it = [], [], iter(order)
+    for _ in range(cfg.steps):
+        s = time.perf_counter()
+        try:
+            idx = next(it)
+        except StopIteration:
+            it = iter(order)
+            idx = next(it)
+        input_ids, mask, labels = collate(idx, train_ids, train_labels)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(body + head, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        step_times.append(time.perf_counter() - s)
+    train_s = sum(step_times)
+    art = Path(out_dir) / "plain_artifact"
+    model.save_pretrained(art)
+    model.eval()
+    e0 = time.perf_counter()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(test_ids), cfg.eval_batch_size):
+            idx = range(i, min(i + cfg.eval_batch_size, len(test_ids)))
+            input_ids, mask, labels = collate(idx, test_ids, test_labels)
+            correct += (model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1) == labels).sum().item()
+    eval_s = time.perf_counter() - e0
+    result = {"accuracy": correct / len(test_ids), "final_loss": float(torch.stack(losses[-10:]).mean()),
+              "step_time_median_s": statistics.median(step_times[1:]), "train_time_s": train_s,
+              "eval_examples_per_s": len(test_ids) / eval_s}
+    with open(Path(out_dir) / "plain.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    result["run_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def harness_run(spec: RunSpec, out_dir: Path) -> dict:
+    """The harness's own path for one run (``run_local`` without the fork), timed from outside."""
+    from bench.executor import run_local
+    from bench.task import load_splits
+
+    load_splits.cache_clear()  # each run reads its split from disk, as a run in its own process does
+    t0 = time.perf_counter()
+    rec = run_local([spec], out_dir, isolate=False, log=lambda m: None).records[0]
+    wall = time.perf_counter() - t0
+    if rec.status != "ok":
+        raise RuntimeError(f"harness run {spec.run_id} ended {rec.status}: {rec.error}")
+    r = rec.resources
+    return {"accuracy": rec.metrics["accuracy"]["value"], "final_loss": r["final_loss"],
+            "step_time_median_s": r["step_time_median_s"], "train_time_s": r["train_time_s"],
+            "eval_examples_per_s": r["eval_examples_per_s"], "run_wall_s": wall}
+
+
+@dataclass
+class Pairs:
+    method: str
+    harness: list[dict]
+    plain: list[dict]
+
+    def ratio(self, key: str) -> float:
+        return statistics.median(h[key] / p[key] for h, p in zip(self.harness, self.plain))
+
+    def median(self, side: str, key: str) -> float:
+        return statistics.median(r[key] for r in getattr(self, side))
+
+
+def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs]:
+    """Interleaved harness / plain runs (A B A B ...) per method, after one warm-up pair."""
+    from bench import models
+    from bench.registry import TASKS
+    from bench.task import load_splits, split_cache_dir
+
+    out = []
+    for method, spec in spec_for.items():
+        method_obj, task = spec.resolved()
+        mspec = models.resolve(spec.model)
+        if mspec.kind != "encoder" or task.input_fields != ("text",):
+            raise ValueError(f"the plain loop handles encoder models on single-text tasks; got model "
+                             f"{spec.model!r} ({mspec.kind}) and task {spec.task!r} ({TASKS.get(spec.task).input_fields}).")
+        load_splits(task, None)  # builds the on-disk split cache both sides read
+        split_dir = str(split_cache_dir(task, None))
+        model_path = models.model_dir(mspec)
+        pairs = Pairs(method, [], [])
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(repeats + 1):
+                for side in ("harness", "plain"):
+                    d = Path(tmp) / f"{side}{i}"
+                    gc.collect()
+                    res = (harness_run(spec, d) if side == "harness"
+                           else plain_run(spec, split_dir, model_path, method_obj.config, d))
+                    shutil.rmtree(d, ignore_errors=True)
+                    if i:  # the first pair warms caches (page cache, allocator, lazy imports)
+                        getattr(pairs, side).append(res)
+                    log(f"  {method} {'warm-up' if not i else f'pair {i}'} {side}: step {res['step_time_median_s'] * 1e3:.1f} ms, "
+                        f"eval {res['eval_examples_per_s']:.1f} ex/s, wall {res['run_wall_s']:.2f} s, accuracy {res['accuracy']:.3f}")
+        out.append(pairs)
+    return out
+
+
+def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
+    from tabulate import tabulate
+
+    t = spec.train
+    rows = []
+    for p in pairs:
+        for key, name, fmt, better in (("step_time_median_s", "per-step time (median)", lambda v: f"{v * 1e3:.1f} ms", "≤ 1.03"),
+                                       ("eval_examples_per_s", "evaluation throughput", lambda v: f"{v:.1f} ex/s", "≥ 0.97"),
+                                       ("run_wall_s", "whole-run wall time", lambda v: f"{v:.2f} s", "≤ 1.10")):
+            rows.append({"method": p.method, "measure": name, "harness": fmt(p.median("harness", key)),
+                         "plain loop": fmt(p.median("plain", key)), "harness / plain": f"{p.ratio(key):.3f}",
+                         "target": better,
+                         "accuracy (harness / plain)": f"{p.median('harness', 'accuracy'):.3f} / {p.median('plain', 'accuracy'):.3f}"})
+    head = (f"{spec.model} × {spec.task}, {t.steps} steps × batch {t.batch_size}, {t.n_train} training / "
+            f"{t.n_test} test examples, eval batch {t.eval_batch_size}, max length {t.max_length}, "
+            f"{torch.get_num_threads()} threads; medians over {repeats} interleaved pairs (after one warm-up pair), "
+            f"ratio = median over pairs of harness / plain.\n\n")
+    return head + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n"
+
+
+def suite_overhead(suite: str, log=print) -> str:
+    """Time ``peftbench run SUITE --no-switch`` in a fresh process against the sum of its runs'
+    pure training + evaluation time."""
+    from bench.results import read_records
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "bench.cli", "run", suite, "--no-switch", "--out", tmp]
+        log("timing: " + " ".join(cmd[2:]))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"the suite failed:\n{proc.stdout[-2000:]}")
+        records = read_records(Path(tmp) / suite / "results.jsonl")
+    pure = sum(r.resources["train_time_s"] + r.resources["eval_time_s"] for r in records)
+    load = sum(r.resources["load_time_s"] for r in records)
+    iso = [r.resources.get("isolation_overhead_s") or 0.0 for r in records]
+    return (f"`peftbench run {suite} --no-switch` (fresh process, {len(records)} runs): wall {wall:.1f} s; "
+            f"sum of pure training + evaluation {pure:.1f} s; **ratio {wall / pure:.3f}** (target ≤ 1.05). "
+            f"Of the difference: data + model loading {load:.1f} s in total, process isolation {sum(iso):.1f} s "
+            f"(first run {iso[0]:.1f} s, then median {statistics.median(iso[1:] or [0]):.2f} s).\n")
