@@ -50,7 +50,8 @@ def _peft_config(method: str, cfg) -> object:
     raise ValueError(f"`method` must be one of {', '.join(PLAIN_METHODS)} for the plain loop, got {method!r}.")
 
 
-def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_dir: Path) -> dict:
+def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_dir: Path, num_labels: int = 2,
+              mean_pooling: bool = True) -> dict:
     """A minimal training + evaluation loop, written without the harness (see the module doc)."""
     import datasets
     from peft import get_peft_model
@@ -69,8 +70,10 @@ def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_di
     test = splits["test"].select(range(min(cfg.n_test, len(splits["test"]))))
     tok = AutoTokenizer.from_pretrained(model_path)
     set_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True)
-    use_mean_pooling(model)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels,
+                                                               use_safetensors=True)
+    if mean_pooling:
+        use_mean_pooling(model)
     train_ids = tok(list(train["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
     test_ids = tok(list(test["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
     train_labels, test_labels = list(train["label"]), list(test["label"])
@@ -181,7 +184,8 @@ def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs
                     d = Path(tmp) / f"{side}{i}"
                     gc.collect()
                     res = (harness_run(spec, d) if side == "harness"
-                           else plain_run(spec, split_dir, model_path, method_obj.config, d))
+                           else plain_run(spec, split_dir, model_path, method_obj.config, d, task.num_labels,
+                                          mspec.pooling == "mean"))
                     shutil.rmtree(d, ignore_errors=True)
                     if i:  # the first pair warms caches (page cache, allocator, lazy imports)
                         getattr(pairs, side).append(res)
