@@ -6,7 +6,7 @@ one (model, task, method, method config) that finished ok, pooled over seeds. Co
 
 - identity: ``model``, ``task``, ``method``, ``config`` (dict), ``label`` (method plus the config
   values that vary between its variants, e.g. ``prompt_tuning (num_virtual_tokens=20)``), ``key``;
-- ``n``: runs (seeds) pooled;
+- ``n``: runs (seeds) pooled; ``steps``: training steps of the runs;
 - per metric M (``accuracy``, ``f1``, ...): ``M`` (mean over seeds), ``M_std`` (sample std over
   seeds, NaN for one seed), ``M_stderr`` (mean of the runs' standard errors over test examples),
   ``M_spread`` (``spread``: the std over seeds when there are several, else the standard error);
@@ -103,7 +103,8 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
     rows = []
     for key, recs in group(ok).items():
         row: dict = {"model": key[0], "task": key[1], "method": key[2], "key": key,
-                     "config": dict(recs[0].run.get("method_config", {})), "label": labels[key], "n": len(recs)}
+                     "config": dict(recs[0].run.get("method_config", {})), "label": labels[key], "n": len(recs),
+                "steps": recs[0].run.get("train", {}).get("steps", math.nan)}
         for name in sorted({m for r in recs for m in r.metrics}):
             vals = [r.metrics[name]["value"] for r in recs if name in r.metrics]
             row[name] = _mean(vals)

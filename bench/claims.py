@@ -123,14 +123,18 @@ def fewer_parameters(rows: pd.DataFrame, metric: str) -> tuple[str, str] | None:
         return None
     outcomes, parts = [], []
     for _, o in others.iterrows():
+        ratios = []
         for _, p in pt.iterrows():
             rt = o["trainable_params"] / p["trainable_params"]
-            rs = o["stored_params"] / p["stored_params"] if p["stored_params"] else math.nan
-            ok = rt >= ORDER and (math.isnan(rs) or rs >= ORDER)
-            outcomes.append(1 if ok else -1)
-            parts.append(f"{p['label']} {p['trainable_params']:,.0f} trainable / {p['stored_params']:,.0f} stored vs "
-                         f"{o['label']} {o['trainable_params']:,.0f} / {o['stored_params']:,.0f}: "
-                         f"{rt:,.0f}x / {rs:,.0f}x fewer")
+            rs = o["stored_params"] / p["stored_params"] if p["stored_params"] else rt
+            ratios.append((min(rt, rs), p))
+        outcomes += [1 if r >= ORDER else -1 for r, _ in ratios]
+        lo, hi = min(ratios, key=lambda x: x[0]), max(ratios, key=lambda x: x[0])
+        short = [f"{p['label']} only {r:,.1f}x" for r, p in ratios if r < ORDER]
+        parts.append(f"vs {o['label']} ({o['trainable_params']:,.0f} trainable / {o['stored_params']:,.0f} stored): "
+                     f"{lo[0]:,.0f}x ({lo[1]['label']}, {lo[1]['trainable_params']:,.0f}) to {hi[0]:,.0f}x "
+                     f"({hi[1]['label']}, {hi[1]['trainable_params']:,.0f}) fewer"
+                     + (f"; short of {ORDER}x: " + ", ".join(short) if short else ""))
     return _verdict(outcomes), "; ".join(parts)
 
 

@@ -55,6 +55,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.isolate and not args.dry_run:
+        from bench.server import start_early
+
+        start_early(args.suite)  # the run server's imports overlap with this process's own
     from bench.executor import estimate_s, known_records, run_local, select
     from bench.report import fmt_s, write_report
     from bench.results import read_json_lines, read_records

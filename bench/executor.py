@@ -8,18 +8,17 @@ The parent appends each finished record to the result store at once (``append_re
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from bench import server
 from bench.results import ResultRecord, append_record, read_records
 from bench.runner import RunSpec, _run_section, execute
 
 Mode = Literal["resume", "rerun_failed", "force"]
-_PRELOAD = ["bench.preload"]  # imports torch & co and the plugins once, in the server
 
 
 def _die_with_parent() -> None:
@@ -54,8 +53,7 @@ def call_isolated(fn, args: tuple, timeout_s: float | None = None,
                   memory_limit_gb: float | None = None) -> tuple[Any, bool, int | None, float]:
     """``fn(*args)`` in a child forked from the pre-imported server: (result or None if the child
     died, timed out?, exit code, wall seconds)."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    ctx = server.context()
     parent, child = ctx.Pipe(duplex=False)
     t0 = time.perf_counter()
     proc = ctx.Process(target=_child, args=(fn, args, memory_limit_gb, child), daemon=True)
@@ -123,6 +121,7 @@ def run_local(specs: list[RunSpec], out_dir: Path, *, isolate: bool = True, time
               memory_limit_gb: float | None = None, log: Callable[[str], None] = print) -> SuiteOutcome:
     """Run ``specs`` one after the other, appending each record to ``out_dir/results.jsonl``."""
     results = Path(out_dir) / "results.jsonl"
+    server.preload_models(s.model for s in specs)  # if the server is not running yet
     outcome = SuiteOutcome()
     t0 = time.perf_counter()
     for i, spec in enumerate(specs, 1):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import gc
 import os
@@ -73,6 +74,19 @@ def _numel(shape) -> int:
 
 
 # -- memory ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def gc_frozen():
+    """Keep the objects that exist before a run (the imported libraries: millions of objects) out
+    of the garbage collector's reach while it runs: each full ``gc.collect`` (``release_memory``,
+    accelerate's ``free_memory``) then walks only the run's own objects. 0.25 s -> a few ms per
+    collection here. Everything is handed back to the collector afterwards."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def release_memory() -> None:
     """Return freed memory to the OS so that the next RSS window starts clean (glibc keeps it)."""
     gc.collect()
@@ -88,7 +102,10 @@ class MemoryMeter:
     """Peak memory above a baseline, over a ``with`` block.
 
     CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after reset_peak_memory_stats.
-    CPU: resident set size of this process sampled every ``interval_s`` by a background thread.
+    CPU (Linux): the kernel's own peak resident set size (VmHWM), reset at the start of the block by
+    writing 5 to /proc/self/clear_refs: exact, and free (no sampling thread preempting the compute
+    threads; the sampler it replaced cost ~10% of a MiniLM training step on 2 cores). Elsewhere:
+    RSS sampled every ``interval_s`` by a background thread.
     """
 
     def __init__(self, device: torch.device, baseline_rss: int | None = None, interval_s: float = 0.005):
@@ -96,7 +113,7 @@ class MemoryMeter:
         self.baseline_rss = baseline_rss
         self.peak_bytes = 0
         self.peak_reserved_bytes: int | None = None
-        self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_sampled"
+        self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_peak"
 
     def __enter__(self) -> "MemoryMeter":
         if self.device.type == "cuda":
@@ -104,19 +121,23 @@ class MemoryMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             self._base_reserved = torch.cuda.memory_reserved(self.device)
-        else:
-            proc = psutil.Process()
-            self._base = self.baseline_rss if self.baseline_rss is not None else proc.memory_info().rss
-            self._peak = proc.memory_info().rss
-            self._stop = threading.Event()
+            return self
+        proc = psutil.Process()
+        self._base = self.baseline_rss if self.baseline_rss is not None else proc.memory_info().rss
+        self._thread = None
+        if reset_peak_rss():
+            return self
+        self.kind = "cpu_rss_sampled"
+        self._peak = proc.memory_info().rss
+        self._stop = threading.Event()
 
-            def sample() -> None:
-                while not self._stop.is_set():
-                    self._peak = max(self._peak, proc.memory_info().rss)
-                    self._stop.wait(self.interval_s)
+        def sample() -> None:
+            while not self._stop.is_set():
+                self._peak = max(self._peak, proc.memory_info().rss)
+                self._stop.wait(self.interval_s)
 
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -124,11 +145,33 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
             self.peak_reserved_bytes = torch.cuda.max_memory_reserved(self.device) - self._base_reserved
+            return
+        if self._thread is None:
+            peak = peak_rss()
         else:
             self._stop.set()
             self._thread.join()
-            self._peak = max(self._peak, psutil.Process().memory_info().rss)
-            self.peak_bytes = max(0, self._peak - self._base)
+            peak = max(self._peak, psutil.Process().memory_info().rss)
+        self.peak_bytes = max(0, peak - self._base)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux VmHWM) to its current RSS; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return peak_rss() > 0
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """The kernel's peak resident set size of this process since start or the last reset (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def current_rss() -> int:
@@ -143,7 +186,12 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass
 class StepTimer:
-    """Wall time of a loop and of each step; steps are timed after a device sync."""
+    """Wall time of a loop and of each step, without a host sync per step.
+
+    CPU: ``perf_counter`` at each step. CUDA runs asynchronously: a CUDA event is recorded at each
+    step (no sync) and the step times are read from the events once, at the end; the loop's total
+    is taken after a device sync. Per-step syncs would stall the launch queue and slow what we time.
+    """
 
     device: torch.device
     step_times: list[float] = field(default_factory=list)
@@ -152,19 +200,30 @@ class StepTimer:
 
     def __enter__(self) -> "StepTimer":
         synchronize(self.device)
+        self._cuda = self.device.type == "cuda"
+        self._events: list = []
+        if self._cuda:
+            self._events.append(torch.cuda.Event(enable_timing=True))
+            self._events[-1].record()
         self._t0 = self._last = time.perf_counter()
         return self
 
     def step(self, n_examples: int) -> None:
-        synchronize(self.device)  # CUDA runs asynchronously: without a sync we'd time the launch
+        self.examples += n_examples
+        if self._cuda:
+            self._events.append(torch.cuda.Event(enable_timing=True))
+            self._events[-1].record()
+            return
         now = time.perf_counter()
         self.step_times.append(now - self._last)
         self._last = now
-        self.examples += n_examples
 
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
         self.total_s = time.perf_counter() - self._t0
+        if self._cuda:
+            self.step_times = [a.elapsed_time(b) / 1e3 for a, b in zip(self._events, self._events[1:])]
+            self._events = []
 
     @property
     def median_step_s(self) -> float | None:

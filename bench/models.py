@@ -256,5 +256,31 @@ def load(spec: ModelSpec, num_labels: int, dtype: torch.dtype = torch.float32) -
     return LoadedModel(spec=spec, model=model, tokenizer=tok, path=path)
 
 
+def import_classes(name: str) -> None:
+    """Import the architecture and tokenizer code of a model whose files are already cached, so
+    that processes forked afterwards (one per run) do not import it again: transformers imports
+    each architecture lazily, on first use. Never downloads or converts anything."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
+
+    spec = resolve(name)
+    if spec.source or spec.trust_remote_code:
+        return  # a hub id or local folder: nothing known to be cached; remote code is never run early
+    if spec.tiny or spec.gguf_file:
+        path = cache_dir() / "models" / spec.name
+        if not (path / ".complete").exists():
+            return
+    else:
+        path = cache_dir() / "artifacts" / f"{spec.artifact.package}-{spec.artifact.version}"
+        if not (path / ".complete").exists():
+            return
+        path = path / spec.artifact.member
+    config = AutoConfig.from_pretrained(path)
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING if spec.kind == "causal" else MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    mapping[type(config)]  # noqa: B018 - the lookup imports the modeling module
+    AutoTokenizer.from_pretrained(path)
+
+
 def describe_all() -> list[tuple[str, str]]:
     return [(n, f"[{MODELS.get(n).kind}] {MODELS.get(n).description}") for n in MODELS.names()]

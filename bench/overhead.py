@@ -5,10 +5,10 @@ For one model and task and each method, the same work runs through (a) the harne
 ``plain_run``: the plainest hand-written PyTorch + peft loop, interleaved A B A B over repeats.
 Both read the same cached split from disk, draw the same examples and batches (the same seeded
 shuffle), build the same network, train it with the same AdamW, schedule and clipping for the same
-steps, save the adapter, evaluate the same test examples and write one JSON line. Printed per
-method: medians over repeats of the per-step median time, the evaluation throughput and the
-whole-run wall time (model load, data preparation, training, saving, evaluation, result writing),
-and the median over pairs of the harness/plain ratio.
+steps, save the adapter, evaluate the same test examples and write one JSON line. Pairs alternate
+which side runs first. Printed per method: medians over repeats of the per-step median time, the
+evaluation throughput and the whole-run wall time (model load, data preparation, training, saving,
+evaluation, result writing), and the median over pairs of the harness/plain ratio.
 
 ``--suite`` measures a whole suite instead: ``peftbench run SUITE --no-switch`` in a fresh
 process, timed from outside, against the sum of its runs' pure training + evaluation time.
@@ -162,7 +162,7 @@ class Pairs:
 
 
 def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs]:
-    """Interleaved harness / plain runs (A B A B ...) per method, after one warm-up pair."""
+    """Interleaved harness / plain runs per method (A B, B A, ...), after one warm-up pair."""
     from bench import models
     from bench.registry import TASKS
     from bench.task import load_splits, split_cache_dir
@@ -180,7 +180,8 @@ def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs
         pairs = Pairs(method, [], [])
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(repeats + 1):
-                for side in ("harness", "plain"):
+                # A B, B A, A B, ...: a drift of the machine's speed over time favours neither side
+                for side in (("harness", "plain") if i % 2 == 0 else ("plain", "harness")):
                     d = Path(tmp) / f"{side}{i}"
                     gc.collect()
                     res = (harness_run(spec, d) if side == "harness"
@@ -211,7 +212,7 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
     head = (f"{spec.model} × {spec.task}, {t.steps} steps × batch {t.batch_size}, {t.n_train} training / "
             f"{t.n_test} test examples, eval batch {t.eval_batch_size}, max length {t.max_length}, "
             f"{torch.get_num_threads()} threads; medians over {repeats} interleaved pairs (after one warm-up pair), "
-            f"ratio = median over pairs of harness / plain.\n\n")
+            f"pairs alternate which side runs first; ratio = median over pairs of harness / plain.\n\n")
     return head + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n"
 
 

@@ -15,3 +15,22 @@ load_builtin_plugins()
 
 import bench.executor  # noqa: E402,F401  (children run its functions: the server's copy, not a newer file)
 import bench.serving  # noqa: E402,F401
+
+from bench.task import HIGHER_IS_BETTER, load_metric  # noqa: E402
+
+for _name in HIGHER_IS_BETTER:  # `evaluate.load` builds a module per metric: once, here, not per run
+    load_metric(_name)
+
+# the models of the suite being run (set by bench.executor before the server starts): their
+# architecture and tokenizer modules are imported here once instead of in every run
+import os  # noqa: E402
+
+from bench import models  # noqa: E402
+
+from bench.server import MODELS_ENV  # noqa: E402
+
+for _model in filter(None, os.environ.get(MODELS_ENV, "").split(",")):
+    try:
+        models.import_classes(_model)
+    except Exception:  # noqa: BLE001 - an optimisation only: the run imports what it needs itself
+        pass

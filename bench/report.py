@@ -46,6 +46,13 @@ def _ms(x: float | None) -> str:
     return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
 
 
+MEMORY_KINDS = {
+    "cpu_rss_peak": "the kernel's peak RSS (VmHWM, reset at the start of each window) above the post-load baseline",
+    "cpu_rss_sampled": "peak RSS above the post-load baseline, sampled every 5 ms",
+    "cuda_allocated": "torch.cuda.max_memory_allocated above the post-load baseline",
+}
+
+
 def _num(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
@@ -194,7 +201,13 @@ def claims_section(summary: pd.DataFrame, metric: str = "accuracy") -> str:
         return ""
     rows = [{"claim": f"({c.id}) {c.statement}", "model / task": f"{c.model} / {c.task}", "verdict": f"**{c.verdict}**",
              "numbers": c.evidence} for c in claims]
-    return ("## Claims of Lester et al. (2021), checked on these runs\n\n" + RULE + "\n\n"
+    steps = sorted({int(x) for x in summary.get("steps", pd.Series(dtype=float)).dropna()})
+    scope = ("Scope: these verdicts are about this setting only — "
+             + (f"{', '.join(map(str, steps))} training steps, " if steps else "")
+             + f"{int(summary['n'].max())} seed(s) per variant, the models and tasks named in each row. The paper "
+             "trained T5 models of up to 11B parameters for 30,000 steps; a claim that does not hold here may hold "
+             "there, and with two seeds a standard deviation is itself a rough estimate.")
+    return ("## Claims of Lester et al. (2021), checked on these runs\n\n" + RULE + "\n\n" + scope + "\n\n"
             + tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
             + "\n")
 
@@ -219,8 +232,9 @@ def _header(records: list[ResultRecord], command: str) -> list[str]:
         f"| data | up to {tr.get('n_train')} training examples per task; test examples: "
         + ", ".join(f"{t} {n}" for t, n in n_test) + " |",
         f"| seeds | {', '.join(map(str, sorted({r.run.get('train', {}).get('seed') for r in records})))} |",
-        f"| runs | {len(records)} ({len(ok)} ok), wall time {_fmt_wall(wall_time_s(records))} from the first run's "
-        f"start to the last run's end |",
+        f"| runs | {len(records)} ({len(ok)} ok); {_fmt_wall(wall_time_s(records))} from the first run's start to the "
+        f"last run's end; the runs' own wall times sum to "
+        f"{_fmt_wall(sum(r.resources.get('run_wall_s') or 0.0 for r in records))} |",
         "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + f", python {env.get('python')} |",
         f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
         f"| reproduce | `{command}` |", "",
@@ -246,14 +260,13 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     if notes:
         lines += [notes, ""]
     lines += _header(records, command)
-    cpu = bool(ok) and ok[0].resources.get("peak_mem_kind") == "cpu_rss_sampled"
+    kind = ok[0].resources.get("peak_mem_kind") if ok else None
     lines += [
         "Columns: accuracy on the held-out test split, mean ± spread (the std over seeds, or the binomial "
         "standard error over test examples for one seed), n = seeds; trainable params = parameters with "
         "requires_grad while training (for encoders this includes the classification head every method "
         "trains, shown as 'of which head'); stored = bytes of the saved artifact; peak memory = "
-        + ("peak RSS above the post-load baseline, sampled every 5 ms" if cpu
-           else "torch.cuda.max_memory_allocated above the post-load baseline")
+        + MEMORY_KINDS.get(kind, str(kind))
         + "; step time = median over training steps (first step excluded); switch = median task-switch "
         "latency when measured (see Task switching). Bold: the best value of a ↑ / ↓ column.", ""]
     for task in sorted({r.run.get("task") for r in records}):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ import torch
 from bench import models
 from bench.config import TrainConfig, from_dict
 from bench.measurement import (MemoryMeter, StepTimer, compute_metrics, count_parameters,
-                               current_rss, environment, majority_baseline, release_memory,
+                               current_rss, environment, gc_frozen, majority_baseline, release_memory,
                                stored_size)
 from bench.method import Method, ModelContext
 from bench.objectives import objective_for
@@ -113,6 +114,15 @@ def model_context(mspec, task: TaskSpec, tokenizer, train_texts: list[str] | Non
                         train_texts=list(train_texts or []))
 
 
+def _encode(ds, objective, spec: RunSpec, cols: list[str]):
+    """Tokenise in memory. The fingerprint is given, not computed: datasets would otherwise hash
+    the objective with its tokenizer (pickled) on every call, which cost 1.8 s per run here; in
+    memory nothing is ever read back under it, so it needs no more than to be unique per input."""
+    fp = hashlib.sha256(repr((ds._fingerprint, spec.model, spec.train.max_length, type(objective).__qualname__)).encode())
+    return ds.map(objective.encode, batched=True, remove_columns=cols, keep_in_memory=True,
+                  new_fingerprint=fp.hexdigest()[:16])
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Validate the spec, load data and model, let the method make it trainable."""
     from accelerate import Accelerator
@@ -130,15 +140,18 @@ def prepare(spec: RunSpec) -> Prepared:
     t0 = time.perf_counter()
     splits = load_splits(task, spec.task_source)
     train_ds = splits["train"].shuffle(seed=cfg.seed)
-    train_ds = train_ds.select(range(min(cfg.n_train or len(train_ds), len(train_ds))))
-    test_ds = splits["test"].select(range(min(cfg.n_test or len(splits["test"]), len(splits["test"]))))
+    # the run's examples, copied out of the memory-mapped split (reading columns through a
+    # shuffled index mapping costs more than the copy)
+    train_ds = train_ds.select(range(min(cfg.n_train or len(train_ds), len(train_ds)))).flatten_indices(keep_in_memory=True)
+    test_ds = splits["test"].select(range(min(cfg.n_test or len(splits["test"]), len(splits["test"])))).flatten_indices(
+        keep_in_memory=True)
     set_seed(cfg.seed)  # new weights created at load (an encoder's classification head) are seeded
     lm = models.load(mspec, task.num_labels)
     objective = objective_for(mspec.kind, task, lm.tokenizer, cfg.max_length)
     cols = list(task.input_fields)
-    train_enc = train_ds.map(objective.encode, batched=True, remove_columns=cols)
+    train_enc = _encode(train_ds, objective, spec, cols)
     # evaluation batches are sorted by length: less padding, same predictions
-    test_enc = test_ds.map(objective.encode, batched=True, remove_columns=cols).sort("length", reverse=True)
+    test_enc = _encode(test_ds, objective, spec, cols).sort("length", reverse=True, keep_in_memory=True)
     ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: train_ds[f] for f in cols}))
     head_names = ctx.head_names
     load_time = time.perf_counter() - t0
@@ -194,9 +207,6 @@ def train(run: Prepared) -> TrainOutcome:
             batch = next(batches)
             with acc.autocast():
                 loss = objective.loss(model, batch)
-            # NaN/inf is caught in the step it appears (one host sync: cheap next to a step)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss became {loss.item()} at step {step + 1} of {cfg.steps}.")
             acc.backward(loss)
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -206,10 +216,24 @@ def train(run: Prepared) -> TrainOutcome:
             run.method.after_step(model)
             losses.append(loss.detach())
             timer.step(cfg.batch_size)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == cfg.steps:
+                _check_finite(losses, cfg.steps)
+                bar.set_postfix(loss=f"{losses[-1].item():.4f}")
         del optimizer, scheduler
     return TrainOutcome([x.item() for x in losses], timer, mem)
+
+
+CHECK_EVERY = 10  # steps between host syncs of the loss (NaN/inf check, progress bar)
+
+
+def _check_finite(losses: list[torch.Tensor], steps: int) -> None:
+    """Raise ``Diverged`` naming the first step whose loss is NaN/inf among the last CHECK_EVERY.
+    One host sync per CHECK_EVERY steps instead of one per step: the device never waits on the
+    host in between (a diverged run wastes at most CHECK_EVERY - 1 steps before it stops)."""
+    recent = torch.stack(losses[-CHECK_EVERY:]).tolist()
+    for i, v in enumerate(recent):
+        if not math.isfinite(v):
+            raise Diverged(f"loss became {v} at step {len(losses) - len(recent) + i + 1} of {steps}.")
 
 
 def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, MemoryMeter]:
@@ -288,7 +312,8 @@ def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
     art_dir = Path(out_dir) / "artifacts" / spec.run_id
     t0 = time.perf_counter()
     try:
-        record = train_and_evaluate(spec, art_dir)
+        with gc_frozen():
+            record = train_and_evaluate(spec, art_dir)
         record.resources["run_wall_s"] = time.perf_counter() - t0
         return record
     except Exception as e:  # noqa: BLE001 - every failure is a result, not a crash of the suite

@@ -192,8 +192,10 @@ def split_overlap(spec: TaskSpec, splits: datasets.DatasetDict) -> dict[str, int
     return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1:]}
 
 
+@functools.lru_cache(maxsize=None)
 def load_metric(name: str):
-    """An `evaluate` metric module shipped in bench/metrics (loads offline)."""
+    """An `evaluate` metric module shipped in bench/metrics (loads offline; once per process, and
+    the forkserver loads them all before forking runs: see bench/preload.py)."""
     import evaluate
 
     path = METRICS_DIR / name
