@@ -56,6 +56,8 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, (col, xlabel, logx, scale) in zip(axes, axes_spec):
         d = summary[summary[col].notna() & summary[metric].notna()]
+        if logx:
+            d = d[d[col] > 0]  # nothing trained (a zero-shot baseline) has no place on a log axis
         if d.empty:
             ax.set_visible(False)
             continue

@@ -129,10 +129,11 @@ def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     assert main(["run", suite, "--out", str(out)]) == 0
     first = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
     report = (out / "s" / "README.md").read_text()
+    header = [line for line in report.splitlines() if line.startswith("| method ")][0]
     row = [line for line in report.splitlines() if line.startswith("| lora ")][0]
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    mean, std = cells[2].split(" ± ")
-    assert abs(float(mean) - sum(first.values()) / 2) < 1e-3 and float(std) >= 0 and cells[-1] == "2"
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    mean, std = cells["accuracy ↑"].split(" ± ")
+    assert abs(float(mean) - sum(first.values()) / 2) < 1e-3 and float(std) >= 0 and cells["n"] == "2"
     assert main(["run", suite, "--out", str(out), "--force"]) == 0
     again = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
     assert again == first  # same suite file, same ids, same numbers
