@@ -78,8 +78,15 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False)
+    legend: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    if not legend:  # nothing to place on either axis (e.g. only an untrained baseline)
+        plt.close(fig)
+        return None
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 7), fontsize=8,
+               frameon=False)
     fig.suptitle(f"{task}: {metric} against cost (error bars: spread; dashed: Pareto front)", fontsize=10)
     return _save(fig, out_dir, f"pareto_{_safe(task)}.png", rect=(0, 0.07, 1, 1))
 

@@ -187,3 +187,11 @@ def test_compare_flags_changes_beyond_the_spread(tmp_path):
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path / "a")])
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
+
+
+def test_report_of_an_untrained_baseline_alone(tmp_path):
+    """Zero trainable parameters cannot go on a log axis: the report still renders, and says so
+    by leaving that panel out rather than failing."""
+    path = write_report([rec("zero_shot", 0, 0.78, 0)], tmp_path, "t", "c")
+    _, tables, images = _tables_and_images(path.read_text())
+    assert len(tables) == 2 and all((tmp_path / i).is_file() for i in images)
