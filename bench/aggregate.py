@@ -91,9 +91,13 @@ def spread(std: float, stderr: float) -> float:
     return std if not math.isnan(std) else stderr
 
 
+def latest_switch(switch: list[dict] | None) -> list[dict]:
+    """The latest measurement of each group of runs: a re-measurement replaces the earlier one."""
+    return list({tuple(s.get("run_ids", [])): s for s in (switch or [])}.values())
+
+
 def _switch_by_run(switch: list[dict] | None) -> dict[str, dict]:
-    latest = {tuple(s.get("run_ids", [])): s for s in (switch or [])}  # a re-measurement replaces the earlier
-    return {rid: s for s in latest.values() if s.get("status") == "ok" for rid in s.get("run_ids", [])}
+    return {rid: s for s in latest_switch(switch) if s.get("status") == "ok" for rid in s.get("run_ids", [])}
 
 
 def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> pd.DataFrame:

@@ -73,7 +73,7 @@ def _axis_rows(pt: pd.DataFrame, axis: str, values: tuple, prefer: dict) -> list
     return [pick[v] for v in values]
 
 
-def _fmt_pairs(pairs: list[tuple[str, pd.Series, pd.Series, tuple]], metric: str) -> str:
+def _fmt_pairs(pairs: list[tuple[str, pd.Series, str, pd.Series, tuple]], metric: str) -> str:
     words = {1: "better", -1: "worse", 0: "within the spread"}
     return "; ".join(f"{a_name} {_acc(a, metric)} vs {b_name} {_acc(b, metric)}: {o[1]:+.3f}, margin {o[2]:.3f}, "
                      f"{words[o[0]]}" for a_name, a, b_name, b, o in pairs)

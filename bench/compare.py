@@ -32,14 +32,10 @@ COMPARED = [
 ]
 
 
-def _identity(row: pd.Series) -> tuple:
-    return row["key"]
-
-
 def compare_rows(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[dict], list[str], list[str]]:
     """Rows of the diff table, and the variants only in A and only in B."""
-    ia = {_identity(r): r for _, r in a.iterrows()} if not a.empty else {}
-    ib = {_identity(r): r for _, r in b.iterrows()} if not b.empty else {}
+    ia = {r["key"]: r for _, r in a.iterrows()} if not a.empty else {}
+    ib = {r["key"]: r for _, r in b.iterrows()} if not b.empty else {}
     metrics = sorted({c[:-len("_spread")] for df in (a, b) for c in df.columns if c.endswith("_spread")})
     rows = []
     for key in sorted(set(ia) & set(ib), key=lambda k: tuple(map(str, k))):

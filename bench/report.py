@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench.aggregate import summarize, varying_keys
+from bench.aggregate import latest_switch, summarize, varying_keys
 from bench.results import ResultRecord
 
 
@@ -95,19 +95,17 @@ def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> 
     if summary.empty:
         return "_no successful runs_"
     cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()))
+    shown = lambda fmt, v: f"{v:.3f}" if fmt is None else fmt(v)  # noqa: E731
     # the best value, as displayed: values that print the same are tied and all marked
-    best = {title: (summary[col].max() if how == "max" else summary[col].min())
-            for title, col, _, how in cols if how and len(summary) > 1 and summary[col].notna().any()}
-    best = {title: (f"{v:.3f}" if fmt is None else fmt(v)) for title, col, fmt, _ in cols
-            if title in best for v in [best[title]]}
+    best = {title: shown(fmt, summary[col].max() if how == "max" else summary[col].min())
+            for title, col, fmt, how in cols if how and len(summary) > 1 and summary[col].notna().any()}
     rows = []
     for _, r in summary.iterrows():
         row = {"method": r["label"], "model": r["model"]}
         for title, col, fmt, _ in cols:
             v = _num(r.get(col))
             cell = _metric_cell(r, col) if col in metric_names else ("—" if v is None else fmt(v))
-            shown = (f"{v:.3f}" if fmt is None else fmt(v)) if v is not None else None
-            row[title] = f"**{cell}**" if shown is not None and best.get(title) == shown else cell
+            row[title] = f"**{cell}**" if v is not None and best.get(title) == shown(fmt, v) else cell
         rows.append(row)
     base = summary["majority_accuracy"].dropna()
     if len(base):
@@ -147,8 +145,7 @@ def wall_time_s(records: list[ResultRecord]) -> float | None:
 
 def switch_tables(switch: list[dict]) -> str:
     """Markdown tables of task-switch latency, serving memory and serving throughput."""
-    latest = {tuple(s.get("run_ids", [])): s for s in switch}  # a re-measurement replaces the earlier one
-    ok = [s for s in latest.values() if s.get("status") == "ok"]
+    ok = [s for s in latest_switch(switch) if s.get("status") == "ok"]
     if not ok:
         return ""
     rows, tput = [], []
