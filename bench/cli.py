@@ -6,6 +6,10 @@
     peftbench run lester --set steps=50  # a built-in suite or a suite.toml, with train overrides
     peftbench report results/quick --out reports/quick   # README.md + PNG figures
     peftbench compare results/quick other/quick          # markdown diff of two result sets
+    peftbench run big.toml --executor ray                # one Ray task per run, over a Ray cluster
+    peftbench run quick --shard 2/8                      # shard 2 of 8 (e.g. a SLURM array task) ...
+    peftbench merge results/quick/shard-*-of-8 --out results/quick   # ... joined afterwards
+    accelerate launch --num_processes 8 -m bench.cli run big.toml     # each run on 8 GPUs (DDP)
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ DEFAULT_SUITE = "quick"
 def _train_help() -> str:
     rows = [f"  {n} ({t}, default {d!r}): {h}" for n, t, d, h in describe(TrainConfig) if n != "seed"]
     return "training settings for --set KEY=VALUE:\n" + "\n".join(rows)
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 1 <= I <= N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"must look like I/N with 1 <= I <= N (e.g. 1/4), got {text!r}")
+    return i, n
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -55,57 +70,101 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.isolate and not args.dry_run:
+    from bench import distributed
+
+    launched = distributed.launched()  # one of the processes of `accelerate launch` / torchrun
+    if launched and args.executor != "local":
+        raise ValueError(f"`--executor` must be 'local' under `accelerate launch` (every process runs "
+                         f"the suite's runs together), got {args.executor!r}.")
+    isolate = args.isolate and not launched  # the process group lives in the launched processes
+    if isolate and args.executor == "local" and not args.dry_run:
         from bench.server import start_early
 
         start_early(args.suite)  # the run server's imports overlap with this process's own
-    from bench.executor import estimate_s, known_records, run_local, select
+    from bench.executor import estimate_s, known_records, run_local, select, shard
     from bench.report import fmt_s, write_report
     from bench.results import read_json_lines, read_records
     from bench.suite import load_suite
 
     suite = load_suite(args.suite, parse_overrides(args.set))
-    out_dir = Path(args.out) / suite.name
+    specs, out_dir = suite.runs, Path(args.out) / suite.name
+    if args.shard:
+        i, n = args.shard
+        specs, out_dir = shard(specs, i, n), out_dir / f"shard-{i}-of-{n}"
     results = out_dir / "results.jsonl"
     mode = "force" if args.force else "rerun_failed" if args.rerun_failed else "resume"
-    todo, recorded = select(suite.runs, results, mode)
-    print(f"suite {suite.name} ({suite.path}): {len(suite.runs)} runs, {len(suite.runs) - len(todo)} skipped "
-          f"(already recorded in {results}), {len(todo)} to run")
+    todo, recorded = select(specs, results, mode)
+    todo_ids = distributed.broadcast([s.run_id for s in todo])  # the main process's view, for all
+    todo = [s for s in specs if s.run_id in set(todo_ids)]
+    main = distributed.is_main()
+    say = (lambda m: print(m, flush=True)) if main else (lambda m: None)  # noqa: E731
+    say(f"suite {suite.name} ({suite.path}){f' shard {i}/{n}' if args.shard else ''}: {len(specs)} runs, "
+        f"{len(specs) - len(todo)} skipped (already recorded in {results}), {len(todo)} to run"
+        + (f", each on {distributed.state().num_processes} processes" if launched else ""))
     if args.dry_run:
         known = known_records(Path(args.out), Path(__file__).resolve().parent.parent / "reports")
         total, unknown = 0.0, 0
-        for s in suite.runs:
+        for s in specs:
             est = estimate_s(s, known) if s in todo else None
             total += est or 0.0
             unknown += s in todo and est is None
             state = recorded.get(s.run_id, "todo") if s in todo else f"skip ({recorded.get(s.run_id)})"
-            print(f"  {state:<14} {s.run_id:<60} {'~' + fmt_s(est) if est is not None else ''}")
-        print(f"estimated time: ~{total / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
-              + (f"; {unknown} runs have none (no earlier run of that model and task)" if unknown else ""))
+            say(f"  {state:<14} {s.run_id:<60} {'~' + fmt_s(est) if est is not None else ''}")
+        say(f"estimated time: ~{total / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
+            + (f"; {unknown} runs have none (no earlier run of that model and task)" if unknown else ""))
         return 0
     timeout = args.timeout if args.timeout is not None else suite.timeout_s
-    outcome = run_local(todo, out_dir, isolate=args.isolate, timeout_s=timeout,
-                        memory_limit_gb=suite.memory_limit_gb, log=lambda m: print(m, flush=True))
-    records = read_records(results)
-    if suite.switch and args.switch:
-        from bench.executor import run_switch
+    if args.executor == "ray":
+        from bench.ray_executor import run_ray
 
-        run_switch(records, out_dir, repeats=suite.switch_repeats, isolate=args.isolate,
-                   log=lambda m: print(m, flush=True))
-    cmd = "peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(), notes=suite.description,
-                          switch=read_json_lines(out_dir / "switch.jsonl"))
+        outcome = run_ray(todo, out_dir, address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                          gpus_per_run=args.gpus_per_run, timeout_s=timeout,
+                          memory_limit_gb=suite.memory_limit_gb, log=say)
+    else:
+        outcome = run_local(todo, out_dir, isolate=isolate, timeout_s=timeout, memory_limit_gb=suite.memory_limit_gb,
+                            write=main, log=say)
+    if not main:
+        return 1 if outcome.failed else 0
+    records = read_records(results) if results.exists() else []
+    if args.shard:
+        root = Path(args.out) / suite.name
+        say(f"shard {i}/{n} done: {results}. When every shard is done:\n"
+            f"  peftbench merge {root}/shard-*-of-{n} --out {root}\n"
+            f"  then `peftbench switch {root}` (if the suite measures switching) and `peftbench report {root}`")
+    else:
+        if suite.switch and args.switch:
+            from bench.executor import run_switch
+
+            run_switch(records, out_dir, repeats=suite.switch_repeats, isolate=args.isolate, log=say)
+        cmd = "peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(),
+                              notes=suite.description, switch=read_json_lines(out_dir / "switch.jsonl"))
+        say(f"report: {report}")
     over = outcome.isolation_overhead_s
-    print(f"suite wall time {outcome.wall_s:.1f} s for {len(todo)} runs"
-          + (f" (process isolation: median {over:.2f} s per run)" if over is not None else "")
-          + f"; results: {results}; report: {report}")
+    say(f"suite wall time {outcome.wall_s:.1f} s for {len(todo)} runs"
+        + (f" (process isolation: median {over:.2f} s per run)" if over is not None else "")
+        + f"; results: {results}")
     by_status: dict[str, int] = {}
     for r in outcome.records:
         by_status[r.status] = by_status.get(r.status, 0) + 1
-    print("summary: " + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "nothing to run"))
+    say("summary: " + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "nothing to run"))
     for r in outcome.failed:
         print(f"  {r.status}: {r.run_id}: {(r.error or '').strip().splitlines()[-1] if r.error else ''}", file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.executor import merge_stores
+
+    records, dropped = merge_stores([Path(s) for s in args.sources], Path(args.out))
+    by_status: dict[str, int] = {}
+    for r in records:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    print(f"merged {len(args.sources)} result store(s) into {Path(args.out) / 'results.jsonl'}: {len(records)} runs "
+          f"({', '.join(f'{n} {s}' for s, n in sorted(by_status.items())) or 'none'}); "
+          f"{dropped} duplicate record(s) dropped (an ok record wins, then the later one)")
+    print(f"next: `peftbench report {args.out}`")
+    return 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -221,7 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run in this process instead of a forked child per run")
     run.add_argument("--no-switch", dest="switch", action="store_false",
                      help="skip the suite's task-switch measurements (`peftbench switch` can take them later)")
+    run.add_argument("--shard", default=None, metavar="I/N", type=_shard_arg,
+                     help="run only shard I of N of the suite (into <out>/<suite>/shard-I-of-N/; join with `merge`)")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: one run after the other on this machine (default); ray: one Ray task per run "
+                          "over a Ray cluster (pip install 'peft-bench[ray]')")
+    run.add_argument("--ray-address", default=None,
+                     help="Ray cluster to use (e.g. auto, ray://head:10001; default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--gpus-per-run", type=float, default=None,
+                     help="Ray: GPUs each run asks for (default: 1 on a cluster with GPUs, else 0)")
+    run.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default 1)")
     run.set_defaults(func=cmd_run)
+    mg = sub.add_parser("merge", help="join result stores (e.g. the shards of a suite) into one, each run once")
+    mg.add_argument("sources", nargs="+", help="results.jsonl files or folders holding one")
+    mg.add_argument("--out", required=True, help="folder of the merged results.jsonl (records there are kept)")
+    mg.set_defaults(func=cmd_merge)
     sw = sub.add_parser("switch", help="measure task switching and serving on a suite's saved artifacts (no retraining)")
     sw.add_argument("results", help="results.jsonl, or a folder holding one (its artifacts must still be on disk)")
     sw.add_argument("--repeats", type=int, default=20, help="measured repeats per ordered task pair (after warm-up)")

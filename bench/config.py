@@ -159,7 +159,10 @@ class TrainConfig:
     """Training and evaluation settings shared by every method in a suite (same for all)."""
 
     steps: int = opt(200, "optimizer steps per run")
-    batch_size: int = opt(16, "training examples per step")
+    batch_size: int = opt(16, "training examples per optimizer step, over all processes and micro-batches")
+    gradient_accumulation_steps: int = opt(
+        1, "micro-batches per optimizer step: each process runs batch_size / (processes x this) examples at a time")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, more time)")
     eval_batch_size: int = opt(64, "examples per evaluation forward pass")
     head_lr: float = opt(2e-3, "learning rate of the task head (encoders), the same for every method")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -169,13 +172,18 @@ class TrainConfig:
     n_train: int = opt(2000, "training examples drawn from the task's train split (0 = all)")
     n_test: int = opt(1000, "test examples evaluated, a fixed prefix of the test split (0 = all)")
     seed: int = opt(0, "seed for initialisation, data order and dropout")
-    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", "accelerate mixed precision")
+    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", "accelerate mixed precision (fp16 needs CUDA)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when available")
-    num_threads: int = opt(0, "torch CPU threads; 0 = the cores this process may use")
+    num_threads: int = opt(0, "torch CPU threads; 0 = OMP_NUM_THREADS if set, else the cores this process may use "
+                              "shared among the processes of a launch on this machine")
 
     def __post_init__(self) -> None:
         check(self.steps > 0, "steps", "a positive integer", self.steps)
         check(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
+        check(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps", "a positive integer",
+              self.gradient_accumulation_steps)
+        check(self.batch_size % self.gradient_accumulation_steps == 0, "batch_size",
+              f"divisible by gradient_accumulation_steps ({self.gradient_accumulation_steps})", self.batch_size)
         check(self.eval_batch_size > 0, "eval_batch_size", "a positive integer", self.eval_batch_size)
         check(self.head_lr > 0, "head_lr", "positive", self.head_lr)
         check(self.weight_decay >= 0, "weight_decay", "non-negative", self.weight_decay)

@@ -8,6 +8,7 @@ The parent appends each finished record to the result store at once (``append_re
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -42,21 +43,23 @@ def _limit_memory(gb: float | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _child(fn, args: tuple, memory_limit_gb: float | None, conn) -> None:
+def _child(fn, args: tuple, memory_limit_gb: float | None, conn, env: dict[str, str] | None = None) -> None:
     _die_with_parent()
     _limit_memory(memory_limit_gb)
+    os.environ.update(env or {})  # before any CUDA or thread-pool initialisation in this process
     conn.send(fn(*args))
     conn.close()
 
 
-def call_isolated(fn, args: tuple, timeout_s: float | None = None,
-                  memory_limit_gb: float | None = None) -> tuple[Any, bool, int | None, float]:
+def call_isolated(fn, args: tuple, timeout_s: float | None = None, memory_limit_gb: float | None = None,
+                  env: dict[str, str] | None = None) -> tuple[Any, bool, int | None, float]:
     """``fn(*args)`` in a child forked from the pre-imported server: (result or None if the child
-    died, timed out?, exit code, wall seconds)."""
+    died, timed out?, exit code, wall seconds). ``env`` is set in the child (the server's own
+    environment is the one it started with: e.g. the GPU a Ray task was given since)."""
     ctx = server.context()
     parent, child = ctx.Pipe(duplex=False)
     t0 = time.perf_counter()
-    proc = ctx.Process(target=_child, args=(fn, args, memory_limit_gb, child), daemon=True)
+    proc = ctx.Process(target=_child, args=(fn, args, memory_limit_gb, child, env), daemon=True)
     proc.start()
     child.close()
     result, timed_out = None, False
@@ -75,9 +78,9 @@ def call_isolated(fn, args: tuple, timeout_s: float | None = None,
 
 
 def run_isolated(spec: RunSpec, out_dir: Path, timeout_s: float | None = None,
-                 memory_limit_gb: float | None = None) -> ResultRecord:
+                 memory_limit_gb: float | None = None, env: dict[str, str] | None = None) -> ResultRecord:
     """Run one spec in its own child process; whatever happens, return a record."""
-    record, timed_out, exitcode, wall = call_isolated(execute, (spec, out_dir), timeout_s, memory_limit_gb)
+    record, timed_out, exitcode, wall = call_isolated(execute, (spec, out_dir), timeout_s, memory_limit_gb, env)
     if record is None:
         if timed_out:
             status, error = "timeout", f"run exceeded its timeout of {timeout_s} s and was killed."
@@ -117,26 +120,94 @@ class SuiteOutcome:
         return statistics.median(xs) if xs else None
 
 
+def label(spec: RunSpec) -> str:
+    text = f"{spec.model} {spec.task} {spec.method}"
+    if spec.method_config:
+        text += " " + " ".join(f"{k}={v}" for k, v in spec.method_config.items())
+    return f"{text} seed {spec.train.seed}"
+
+
+def outcome_line(rec: ResultRecord) -> str:
+    acc = rec.metrics.get("accuracy", {}).get("value")
+    return (f"-> {rec.status}" + (f", accuracy {acc:.3f}" if acc is not None else "")
+            + (f"\n    {rec.error.strip().splitlines()[-1]}" if rec.error else ""))
+
+
 def run_local(specs: list[RunSpec], out_dir: Path, *, isolate: bool = True, timeout_s: float | None = None,
-              memory_limit_gb: float | None = None, log: Callable[[str], None] = print) -> SuiteOutcome:
-    """Run ``specs`` one after the other, appending each record to ``out_dir/results.jsonl``."""
+              memory_limit_gb: float | None = None, write: bool = True,
+              log: Callable[[str], None] = print) -> SuiteOutcome:
+    """Run ``specs`` one after the other, appending each record to ``out_dir/results.jsonl``
+    (``write=False``: the other processes of a launch, whose main process writes)."""
     results = Path(out_dir) / "results.jsonl"
-    server.preload_models(s.model for s in specs)  # if the server is not running yet
+    if isolate:
+        server.preload_models(s.model for s in specs)  # if the server is not running yet
     outcome = SuiteOutcome()
     t0 = time.perf_counter()
     for i, spec in enumerate(specs, 1):
-        label = f"{spec.model} {spec.task} {spec.method}"
-        if spec.method_config:
-            label += " " + " ".join(f"{k}={v}" for k, v in spec.method_config.items())
-        log(f"[{i}/{len(specs)}] {label} seed {spec.train.seed}")
+        log(f"[{i}/{len(specs)}] {label(spec)}")
         rec = (run_isolated(spec, out_dir, timeout_s, memory_limit_gb) if isolate else execute(spec, out_dir))
-        append_record(results, rec)
+        if write:
+            append_record(results, rec)
         outcome.records.append(rec)
-        acc = rec.metrics.get("accuracy", {}).get("value")
-        log(f"    -> {rec.status}" + (f", accuracy {acc:.3f}" if acc is not None else "")
-            + (f"\n    {rec.error.strip().splitlines()[-1]}" if rec.error else ""))
+        log(f"    {outcome_line(rec)}")
     outcome.wall_s = time.perf_counter() - t0
     return outcome
+
+
+def shard(specs: list[RunSpec], i: int, n: int) -> list[RunSpec]:
+    """Shard ``i`` of ``n`` (1-based): every n-th run of the suite's order, starting at the i-th, so
+    that each shard gets a mix of methods and the shards together are the suite, each run once."""
+    return specs[i - 1::n]
+
+
+def merge_stores(sources: list[Path], out_dir: Path) -> tuple[list[ResultRecord], int]:
+    """Join result stores (``results.jsonl`` files or folders holding one) and what ``out_dir``
+    already holds into ``out_dir/results.jsonl``, each run once: an ok record wins over a failed
+    one, then the later finished. Written to a temporary file and renamed into place, so a crash
+    leaves the old store whole. ``switch.jsonl`` lines are joined the same way (each line once).
+    Returns (the merged records, how many duplicate records were dropped)."""
+    import json
+    import os
+
+    from bench.results import read_json_lines
+
+    out_dir = Path(out_dir)
+    files = []
+    for src in sources:
+        f = Path(src) / "results.jsonl" if Path(src).is_dir() else Path(src)
+        if not f.is_file():
+            raise FileNotFoundError(f"`merge` sources must be results.jsonl files or folders holding one, "
+                                    f"got {str(src)!r}.")
+        files.append(f)
+    target = out_dir / "results.jsonl"
+    if target.is_file() and all(f.resolve() != target.resolve() for f in files):
+        files.insert(0, target)
+    best: dict[str, ResultRecord] = {}
+    seen = 0
+    for f in files:
+        for rec in read_records(f):
+            seen += 1
+            old = best.get(rec.run_id)
+            rank = lambda r: (r.status == "ok", str(r.run.get("finished_at", "")))  # noqa: E731
+            if old is None or rank(rec) > rank(old):
+                best[rec.run_id] = rec
+    switch_lines: list[str] = []
+    for f in files:
+        for line in read_json_lines(f.parent / "switch.jsonl"):
+            text = json.dumps(line, sort_keys=True)
+            if text not in switch_lines:
+                switch_lines.append(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, lines in (("results.jsonl", [r.to_json() for r in best.values()]), ("switch.jsonl", switch_lines)):
+        if name == "switch.jsonl" and not lines:
+            continue
+        tmp = out_dir / f".{name}.merging"
+        with open(tmp, "w") as fh:
+            fh.write("".join(line + "\n" for line in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_dir / name)
+    return list(best.values()), seen - len(best)
 
 
 def estimate_s(spec: RunSpec, known: list[ResultRecord]) -> float | None:

@@ -10,6 +10,7 @@ never branches on the method name: methods differ only through their plugin hook
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 
 from bench import models
-from bench.config import TrainConfig, from_dict
+from bench.config import ConfigError, TrainConfig, from_dict
+from bench.distributed import cpu_threads, per_process
 from bench.measurement import (MemoryMeter, StepTimer, compute_metrics, count_parameters,
                                current_rss, environment, gc_frozen, majority_baseline, release_memory,
                                stored_size)
@@ -60,6 +62,14 @@ class RunSpec:
         cfg = from_dict(method_cls.config_cls, self.method_config, where=f"method {self.method!r}")
         return method_cls(cfg), task
 
+    @classmethod
+    def from_record(cls, run: dict[str, Any]) -> "RunSpec":
+        """The spec of a result record's ``run`` section (configs validated again)."""
+        return cls(model=run["model"], task=run["task"], method=run["method"],
+                   method_config=dict(run.get("method_config") or {}), train=from_dict(TrainConfig, run["train"]),
+                   task_source=run.get("task_source"), trust_remote_code=bool(run.get("trust_remote_code")),
+                   suite=run.get("suite", ""))
+
     def as_dict(self) -> dict[str, Any]:
         method, _ = self.resolved()
         d = dataclasses.asdict(self)
@@ -70,9 +80,16 @@ class RunSpec:
     def run_id(self) -> str:
         d = self.as_dict()
         d.pop("suite")  # the same run in two suites is the same run
+        for k, default in _ADDED_TRAIN_FIELDS.items():  # ids of earlier result stores stay valid
+            if d["train"].get(k) == default:
+                d["train"].pop(k)
         blob = json.dumps(d, sort_keys=True).encode()
         return f"{self.model}-{self.task}-{self.method}-s{self.train.seed}-" + hashlib.sha256(blob).hexdigest()[:10]
 
+
+# Training settings added after result stores were published, with the value that behaves as before:
+# at that value they are left out of the run id, so that ``--resume`` still finds those runs.
+_ADDED_TRAIN_FIELDS = {"gradient_accumulation_steps": 1, "gradient_checkpointing": False}
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -125,7 +142,8 @@ def _encode(ds, objective, spec: RunSpec, cols: list[str]):
 
 def prepare(spec: RunSpec) -> Prepared:
     """Validate the spec, load data and model, let the method make it trainable."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -133,8 +151,23 @@ def prepare(spec: RunSpec) -> Prepared:
     cfg = spec.train
     mspec = dataclasses.replace(models.resolve(spec.model), trust_remote_code=spec.trust_remote_code)
     device = _device(cfg)
-    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise ConfigError("`mixed_precision` 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'.")
+    # a run's precision is its own; the process group of a launch (PartialState) is kept
+    AcceleratorState._reset_state()
+    # split_batches: the loaders' batches are global, each process gets its 1/P slice of them
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    device = accelerator.device
+    procs, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
+    micro_batch = cfg.batch_size // accum  # global micro-batch: split over the processes
+    if micro_batch % procs:
+        raise ConfigError(f"`batch_size` must be divisible by gradient_accumulation_steps x processes "
+                          f"({accum} x {procs}), got {cfg.batch_size}.")
+    if cfg.eval_batch_size % procs:
+        raise ConfigError(f"`eval_batch_size` must be divisible by the number of processes ({procs}), "
+                          f"got {cfg.eval_batch_size}.")
+    torch.set_num_threads(cpu_threads(cfg.num_threads))
     hf_logging.disable_progress_bar()
 
     t0 = time.perf_counter()
@@ -158,11 +191,16 @@ def prepare(spec: RunSpec) -> Prepared:
     release_memory()
     baseline_rss = current_rss()  # the post-load baseline both peaks are measured against
 
+    if cfg.gradient_checkpointing:
+        if not getattr(lm.model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"`gradient_checkpointing` is not supported by {type(lm.model).__name__} ({spec.model}).")
+        # non-reentrant: works with frozen inputs (prompt methods, adapters) without input grads
+        lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     set_seed(cfg.seed)  # the same initialisation of new weights whatever happened above
     model = method.prepare(lm.model, ctx)
     params = count_parameters(method, model, head_names)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_dl = torch.utils.data.DataLoader(train_enc, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+    train_dl = torch.utils.data.DataLoader(train_enc, batch_size=micro_batch, shuffle=True, generator=gen,
                                            collate_fn=lambda f: objective.collate(f, training=True), drop_last=True)
     test_dl = torch.utils.data.DataLoader(test_enc, batch_size=cfg.eval_batch_size, shuffle=False,
                                           collate_fn=lambda f: objective.collate(f, training=False))
@@ -180,18 +218,25 @@ class TrainOutcome:
 
 
 def train(run: Prepared) -> TrainOutcome:
-    """The training loop: the same for every method (AdamW, linear schedule, clipping)."""
+    """The training loop: the same for every method (AdamW, linear schedule, clipping).
+
+    One step = ``gradient_accumulation_steps`` micro-batches (gradients synchronised across
+    processes only on the last one), then one optimizer step. The recorded loss of a step is the
+    mean over its examples on all processes.
+    """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     cfg, acc, model, objective = run.spec.train, run.accelerator, run.model, run.objective
+    accum = cfg.gradient_accumulation_steps
     # --- optimizer: AdamW for all; the task head (encoders) trains at `head_lr` for every method --
     head_ids = _head_params(model, run.ctx.head_names)
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": run.method.config.lr},
               {"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.head_lr}]
     groups = [g for g in groups if g["params"]]
-    losses: list[torch.Tensor] = []
+    local: list[torch.Tensor] = []  # this process's step losses, not yet averaged over processes
+    losses: list[float] = []
     with MemoryMeter(run.device, run.baseline_rss) as mem, StepTimer(run.device) as timer:
         if not groups:  # nothing to train (zero-shot baseline)
             return TrainOutcome([], timer, mem)
@@ -202,59 +247,73 @@ def train(run: Prepared) -> TrainOutcome:
         model.train()
         batches = _cycle(train_dl)
         bar = tqdm(range(cfg.steps), desc=f"train {run.spec.method} {run.spec.task}", leave=False,
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=None if acc.is_local_main_process else True)
         for step in bar:
-            batch = next(batches)
-            with acc.autocast():
-                loss = objective.loss(model, batch)
-            acc.backward(loss)
+            step_loss = None
+            for micro in range(accum):
+                batch = next(batches)
+                # DDP: no gradient all-reduce until the step's last micro-batch
+                with contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model):
+                    with acc.autocast():
+                        loss = objective.loss(model, batch) / accum
+                    acc.backward(loss)
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             run.method.after_step(model)
-            losses.append(loss.detach())
+            local.append(step_loss)
             timer.step(cfg.batch_size)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == cfg.steps:
+                # one host sync (and one all-reduce) per CHECK_EVERY steps, not one per step
+                block = acc.reduce(torch.stack(local), "mean") if acc.num_processes > 1 else torch.stack(local)
+                losses.extend(block.tolist())
+                local.clear()
                 _check_finite(losses, cfg.steps)
-                bar.set_postfix(loss=f"{losses[-1].item():.4f}")
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
         del optimizer, scheduler
-    return TrainOutcome([x.item() for x in losses], timer, mem)
+    return TrainOutcome(losses, timer, mem)
 
 
 CHECK_EVERY = 10  # steps between host syncs of the loss (NaN/inf check, progress bar)
 
 
-def _check_finite(losses: list[torch.Tensor], steps: int) -> None:
-    """Raise ``Diverged`` naming the first step whose loss is NaN/inf among the last CHECK_EVERY.
-    One host sync per CHECK_EVERY steps instead of one per step: the device never waits on the
-    host in between (a diverged run wastes at most CHECK_EVERY - 1 steps before it stops)."""
-    recent = torch.stack(losses[-CHECK_EVERY:]).tolist()
-    for i, v in enumerate(recent):
+def _check_finite(losses: list[float], steps: int) -> None:
+    """Raise ``Diverged`` naming the first step whose loss is NaN/inf. The losses are averaged over
+    processes first, so every process of a launch stops at the same step (none is left waiting
+    in a collective). A diverged run wastes at most CHECK_EVERY - 1 steps before it stops."""
+    window = losses[-CHECK_EVERY:]
+    for i, v in enumerate(window):
         if not math.isfinite(v):
-            raise Diverged(f"loss became {v} at step {len(losses) - len(recent) + i + 1} of {steps}.")
+            raise Diverged(f"loss became {v} at step {len(losses) - len(window) + i + 1} of {steps}.")
 
 
 def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, MemoryMeter]:
-    """Metrics on the held-out test split, in inference mode, with its own memory window."""
+    """Metrics on the held-out test split, in inference mode, with its own memory window. Under a
+    launch each process predicts its slice of every batch and the predictions are gathered (padding
+    duplicates dropped): the metrics are over the whole test split, on every process."""
     from tqdm.auto import tqdm
 
-    model = run.model
+    acc = run.accelerator
+    model = acc.unwrap_model(run.model)  # evaluation needs no DDP wrapper (no gradients to sync)
     for p in model.parameters():
         p.grad = None
-    run.accelerator.free_memory()  # drops accelerate's references to the optimizer and its state
+    acc.free_memory()  # drops accelerate's references to the optimizer and its state
     release_memory()
     model.eval()
-    test_dl = run.accelerator.prepare(run.test_dl)
+    test_dl = acc.prepare(run.test_dl)
     preds, refs = [], []
     with torch.inference_mode(), MemoryMeter(run.device, run.baseline_rss) as mem, StepTimer(run.device) as ev:
         for batch in tqdm(test_dl, desc=f"eval {run.spec.method} {run.spec.task}", leave=False,
-                          dynamic_ncols=True, disable=None):
-            with run.accelerator.autocast():
-                preds.append(run.objective.predict(model, batch))
-            refs.append(batch["labels"])
-            ev.step(len(batch["labels"]))
+                          dynamic_ncols=True, disable=None if acc.is_local_main_process else True):
+            with acc.autocast():
+                pred = run.objective.predict(model, batch)
+            pred, ref = acc.gather_for_metrics((pred, batch["labels"]))
+            preds.append(pred)
+            refs.append(ref)
+            ev.step(len(ref))
     predictions, references = torch.cat(preds).tolist(), torch.cat(refs).tolist()
     return compute_metrics(run.task.metrics, predictions, references), references, ev, mem
 
@@ -262,25 +321,35 @@ def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, Memo
 def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
     started = _now()
     run = prepare(spec)
+    acc = run.accelerator
     out = train(run)
-    # the artifact is what a user deploys for this task
-    unwrapped = run.accelerator.unwrap_model(run.model)
-    if art_dir.exists():
-        shutil.rmtree(art_dir)
-    art_dir.mkdir(parents=True)
-    run.method.save(unwrapped, art_dir)
-    stored = stored_size(art_dir)
+    # the artifact is what a user deploys for this task (written once, by the main process)
+    stored: dict[str, int] = {}
+    if acc.is_main_process:
+        unwrapped = acc.unwrap_model(run.model)
+        if art_dir.exists():
+            shutil.rmtree(art_dir)
+        art_dir.mkdir(parents=True)
+        run.method.save(unwrapped, art_dir)
+        stored = stored_size(art_dir)
+    acc.wait_for_everyone()
     metrics, references, ev, mem_eval = evaluate(run)
     losses = out.losses
+    # memory: the peak of each process (one per device), and their max as the run's figure
+    train_peaks, eval_peaks = per_process(acc, out.memory.peak_bytes), per_process(acc, mem_eval.peak_bytes)
+    train_res = per_process(acc, out.memory.peak_reserved_bytes)
+    eval_res = per_process(acc, mem_eval.peak_reserved_bytes)
+    peak = lambda xs: None if xs[0] is None else int(max(xs))  # noqa: E731
     return ResultRecord(
         run={**_run_section(spec, started), "n_train": len(run.train_ds), "n_test": len(run.test_ds),
              "artifact_dir": str(art_dir)},
         metrics=metrics,
         params={**run.params, **stored},
         resources={
-            "peak_mem_train_bytes": out.memory.peak_bytes, "peak_mem_eval_bytes": mem_eval.peak_bytes,
-            "peak_mem_train_reserved_bytes": out.memory.peak_reserved_bytes,
-            "peak_mem_eval_reserved_bytes": mem_eval.peak_reserved_bytes,
+            "peak_mem_train_bytes": peak(train_peaks), "peak_mem_eval_bytes": peak(eval_peaks),
+            "peak_mem_train_reserved_bytes": peak(train_res), "peak_mem_eval_reserved_bytes": peak(eval_res),
+            "peak_mem_train_per_process_bytes": [int(x) for x in train_peaks],
+            "peak_mem_eval_per_process_bytes": [int(x) for x in eval_peaks],
             "peak_mem_kind": out.memory.kind, "load_time_s": run.load_time_s,
             "train_time_s": out.timer.total_s if losses else 0.0,
             "step_time_median_s": out.timer.median_step_s, "train_examples_per_s": out.timer.examples_per_s,
@@ -290,8 +359,21 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
             "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         },
         baselines=majority_baseline(run.train_ds["label"], references),
-        env=environment(run.device),
+        env={**environment(run.device), "processes": acc.num_processes,
+             "distributed_type": str(acc.distributed_type).split(".")[-1]},
     )
+
+
+def evaluate_saved(spec: RunSpec, art_dir: Path) -> dict[str, dict]:
+    """Test-split metrics of a saved artifact, loaded onto a fresh base model and evaluated by this
+    process alone: what a user deploying the artifact gets (and the check of the metrics a
+    multi-process run gathered)."""
+    run = prepare(spec)
+    mspec = dataclasses.replace(models.resolve(spec.model), trust_remote_code=spec.trust_remote_code)
+    base = models.load(mspec, run.task.num_labels).model
+    run.model = run.method.load(base, Path(art_dir), run.ctx, name="saved").to(run.device)
+    metrics, _, _, _ = evaluate(run)
+    return metrics
 
 
 def _cycle(loader):
