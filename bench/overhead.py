@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bench.distributed import cpu_threads  # the same thread count as the harness: a setting, not code on the timed path
 from bench.runner import RunSpec
 
 PLAIN_METHODS = ("lora", "prompt_tuning")
@@ -64,7 +64,7 @@ def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_di
     t0 = time.perf_counter()
     hf_logging.set_verbosity_error()  # the new classifier's "missing weights" report is expected
     cfg = spec.train
-    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cpu_threads(cfg.num_threads))
     splits = datasets.load_from_disk(split_dir)
     train = splits["train"].shuffle(seed=cfg.seed).select(range(min(cfg.n_train, len(splits["train"]))))
     test = splits["test"].select(range(min(cfg.n_test, len(splits["test"]))))

@@ -146,9 +146,8 @@ def switch_groups(records) -> list[list]:
 def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4,
                   stream_per_task: int = 32, throughput_repeats: int = 3, throughput_batch: int = 8) -> dict[str, Any]:
     """Switch latency, serving memory and throughput for one group of runs (see ``switch_groups``)."""
-    import os
-
     from bench import models
+    from bench.distributed import cpu_threads
     from bench.objectives import objective_for
     from bench.registry import METHODS, TASKS, load_builtin_plugins
     from bench.runner import _device, model_context
@@ -165,7 +164,7 @@ def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4
     method = method_cls(from_dict(method_cls.config_cls, first["method_config"]))
     mspec = models.resolve(first["model"])
     device = _device(train)
-    torch.set_num_threads(train.num_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cpu_threads(train.num_threads))
     tasks = {r.run["task"]: TASKS.get(r.run["task"]) for r in group}
     num_labels = {t.num_labels for t in tasks.values()}
     if len(num_labels) != 1:
