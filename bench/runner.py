@@ -194,7 +194,11 @@ def prepare(spec: RunSpec) -> Prepared:
         if not getattr(lm.model, "supports_gradient_checkpointing", False):
             raise ConfigError(f"`gradient_checkpointing` is not supported by {type(lm.model).__name__} ({spec.model}).")
         # non-reentrant: works with frozen inputs (prompt methods, adapters) without input grads
-        lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(lm.model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            lm.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     set_seed(cfg.seed)  # the same initialisation of new weights whatever happened above
     model = method.prepare(lm.model, ctx)
     params = count_parameters(method, model, head_names)
