@@ -227,6 +227,7 @@ def train(run: Prepared) -> TrainOutcome:
     processes only on the last one), then one optimizer step. The recorded loss of a step is the
     mean over its examples on all processes.
     """
+    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -247,6 +248,8 @@ def train(run: Prepared) -> TrainOutcome:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
         model, optimizer, train_dl = acc.prepare(model, optimizer, run.train_dl)
         run.model = model
+        if acc.num_processes > 1:  # DDP made the weights equal; dropout masks differ per process
+            set_seed(cfg.seed, device_specific=True)  # (seed + process index: unchanged for one)
         model.train()
         batches = _cycle(train_dl)
         bar = tqdm(range(cfg.steps), desc=f"train {run.spec.method} {run.spec.task}", leave=False,
