@@ -9,7 +9,7 @@
     peftbench run big.toml --executor ray                # one Ray task per run, over a Ray cluster
     peftbench run quick --shard 2/8                      # shard 2 of 8 (e.g. a SLURM array task) ...
     peftbench merge results/quick/shard-*-of-8 --out results/quick   # ... joined afterwards
-    accelerate launch --num_processes 8 -m bench.cli run big.toml     # each run on 8 GPUs (DDP)
+    accelerate launch --multi_gpu --num_processes 8 -m bench.cli run big.toml   # each run on 8 GPUs (DDP)
 """
 
 from __future__ import annotations
