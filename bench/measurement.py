@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import platform
@@ -282,15 +283,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device) -> dict[str, object]:
+@functools.lru_cache(maxsize=None)
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a record names (read once per process: the run server
+    reads them before forking runs)."""
     versions = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
+    return versions
+
+
+def environment(device: torch.device) -> dict[str, object]:
     return {
-        "packages": versions,
+        "packages": dict(package_versions()),
         "python": platform.python_version(),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
