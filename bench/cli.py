@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         outcome = run_ray(todo, out_dir, address=args.ray_address, cpus_per_run=args.cpus_per_run,
                           gpus_per_run=args.gpus_per_run, timeout_s=timeout,
-                          memory_limit_gb=suite.memory_limit_gb, log=say)
+                          memory_limit_gb=suite.memory_limit_gb, isolate=args.isolate, log=say)
     else:
         outcome = run_local(todo, out_dir, isolate=isolate, timeout_s=timeout, memory_limit_gb=suite.memory_limit_gb,
                             write=main, log=say)
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None,
                      help="seconds per run before it is killed (default: the suite's timeout_s, else none)")
     run.add_argument("--no-isolate", dest="isolate", action="store_false",
-                     help="run in this process instead of a forked child per run")
+                     help="run in this process (--executor ray: in the Ray worker) instead of a forked child per run")
     run.add_argument("--no-switch", dest="switch", action="store_false",
                      help="skip the suite's task-switch measurements (`peftbench switch` can take them later)")
     run.add_argument("--shard", default=None, metavar="I/N", type=_shard_arg,

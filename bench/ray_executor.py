@@ -44,34 +44,40 @@ def task_name(spec: RunSpec) -> str:
 
 
 def _run_on_worker(spec: RunSpec, out_dir: str, timeout_s: float | None, memory_limit_gb: float | None,
-                   preload: list[str]) -> ResultRecord:
+                   preload: list[str], isolate: bool = True) -> ResultRecord:
     """Body of the Ray task, on the worker: the local executor's isolated run, given this task's
     GPUs and CPU count (the run's child is forked from a server started earlier, whose
-    environment may be another task's)."""
+    environment may be another task's). ``isolate=False``: in the worker process itself."""
     import ray
 
     from bench import server
     from bench.executor import run_isolated
+    from bench.runner import execute
 
-    server.preload_models(preload)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
     env = {"OMP_NUM_THREADS": str(max(1, int(cpus)))}
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # set by Ray to this task's GPUs
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    rec = run_isolated(spec, Path(out_dir), timeout_s, memory_limit_gb, env=env)
-    rec.env.setdefault("hostname", os.uname().nodename)
+    if isolate:
+        server.preload_models(preload)
+        rec = run_isolated(spec, Path(out_dir), timeout_s, memory_limit_gb, env=env)
+    else:
+        os.environ.update(env)
+        rec = execute(spec, Path(out_dir))
     rec.resources["executor"] = "ray"
     return rec
 
 
 def run_ray(specs: list[RunSpec], out_dir: Path, *, address: str | None = None, cpus_per_run: float = 1,
             gpus_per_run: float | None = None, timeout_s: float | None = None,
-            memory_limit_gb: float | None = None, log: Callable[[str], None] = print) -> SuiteOutcome:
+            memory_limit_gb: float | None = None, isolate: bool = True,
+            log: Callable[[str], None] = print) -> SuiteOutcome:
     """Run ``specs`` as Ray tasks, appending each record to ``out_dir/results.jsonl`` as it finishes.
 
     ``address``: a running cluster ("auto", "ray://host:10001"), else ``$RAY_ADDRESS``, else a Ray
     instance started on this machine for the suite. ``gpus_per_run``: None = 1 when the cluster has
-    GPUs, else 0 (then ``cpus_per_run`` CPUs per run).
+    GPUs, else 0 (then ``cpus_per_run`` CPUs per run). ``isolate=False`` runs each spec in the
+    Ray worker itself (no timeout or memory limit then: the worker is the run's process).
     """
     ray = _ray()
     out_dir = Path(out_dir).resolve()  # workers write artifacts here: a path valid on every node
@@ -92,7 +98,7 @@ def run_ray(specs: list[RunSpec], out_dir: Path, *, address: str | None = None, 
         pending = {}
         for spec in specs:
             ref = remote.options(name=task_name(spec), num_cpus=cpus_per_run, num_gpus=gpus_per_run).remote(
-                spec, str(out_dir), timeout_s, memory_limit_gb, preload)
+                spec, str(out_dir), timeout_s, memory_limit_gb, preload, isolate)
             pending[ref] = spec
         res = f"{gpus_per_run:g} GPU" if gpus_per_run else f"{cpus_per_run:g} CPU"
         log(f"{len(specs)} runs submitted to Ray ({res} each; cluster: "
