@@ -4,6 +4,10 @@
 ``bench.preload`` (torch, transformers, peft, the plugins, the metric modules, and the code of the
 models named in ``$PEFT_BENCH_PRELOAD_MODELS``) once. ``start_early`` starts it before the caller
 imports anything heavy itself, so the two sets of imports overlap instead of adding up.
+
+The server must never run a torch op: measured here, a child forked after its parent ran a
+2-thread matmul hangs in its first parallel op (GNU OpenMP's thread pool does not survive a fork).
+So base weights cannot be preloaded here; only imports and pure-Python tables can.
 """
 
 from __future__ import annotations
