@@ -94,8 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = out_dir / "results.jsonl"
     mode = "force" if args.force else "rerun_failed" if args.rerun_failed else "resume"
     todo, recorded = select(specs, results, mode)
-    todo_ids = distributed.broadcast([s.run_id for s in todo])  # the main process's view, for all
-    todo = [s for s in specs if s.run_id in set(todo_ids)]
+    todo_ids = set(distributed.broadcast([s.run_id for s in todo]))  # the main process's view, for all
+    todo = [s for s in specs if s.run_id in todo_ids]
     main = distributed.is_main()
     say = (lambda m: print(m, flush=True)) if main else (lambda m: None)  # noqa: E731
     say(f"suite {suite.name} ({suite.path}){f' shard {i}/{n}' if args.shard else ''}: {len(specs)} runs, "

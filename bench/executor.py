@@ -167,7 +167,6 @@ def merge_stores(sources: list[Path], out_dir: Path) -> tuple[list[ResultRecord]
     leaves the old store whole. ``switch.jsonl`` lines are joined the same way (each line once).
     Returns (the merged records, how many duplicate records were dropped)."""
     import json
-    import os
 
     from bench.results import read_json_lines
 
@@ -182,21 +181,18 @@ def merge_stores(sources: list[Path], out_dir: Path) -> tuple[list[ResultRecord]
     target = out_dir / "results.jsonl"
     if target.is_file() and all(f.resolve() != target.resolve() for f in files):
         files.insert(0, target)
+    def rank(r: ResultRecord) -> tuple:
+        return r.status == "ok", str(r.run.get("finished_at", ""))
+
     best: dict[str, ResultRecord] = {}
     seen = 0
     for f in files:
         for rec in read_records(f):
             seen += 1
-            old = best.get(rec.run_id)
-            rank = lambda r: (r.status == "ok", str(r.run.get("finished_at", "")))  # noqa: E731
-            if old is None or rank(rec) > rank(old):
+            if rec.run_id not in best or rank(rec) > rank(best[rec.run_id]):
                 best[rec.run_id] = rec
-    switch_lines: list[str] = []
-    for f in files:
-        for line in read_json_lines(f.parent / "switch.jsonl"):
-            text = json.dumps(line, sort_keys=True)
-            if text not in switch_lines:
-                switch_lines.append(text)
+    switch_lines = list(dict.fromkeys(json.dumps(line, sort_keys=True) for f in files
+                                      for line in read_json_lines(f.parent / "switch.jsonl")))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, lines in (("results.jsonl", [r.to_json() for r in best.values()]), ("switch.jsonl", switch_lines)):
         if name == "switch.jsonl" and not lines:

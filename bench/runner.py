@@ -377,9 +377,9 @@ def evaluate_saved(spec: RunSpec, art_dir: Path) -> dict[str, dict]:
     process alone: what a user deploying the artifact gets (and the check of the metrics a
     multi-process run gathered)."""
     run = prepare(spec)
-    mspec = dataclasses.replace(models.resolve(spec.model), trust_remote_code=spec.trust_remote_code)
-    base = models.load(mspec, run.task.num_labels).model
-    run.model = run.method.load(base, Path(art_dir), run.ctx, name="saved").to(run.device)
+    # loaded beside the freshly prepared (untrained) weights and made active: the same life-cycle
+    # as serving several tasks, without loading the base model a second time
+    run.model = run.method.load(run.model, Path(art_dir), run.ctx, name="saved").to(run.device)
     metrics, _, _, _ = evaluate(run)
     return metrics
 
