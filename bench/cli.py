@@ -42,6 +42,17 @@ def _shard_arg(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _resources_arg(text: str) -> float:
+    """A Ray resource amount per run: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (e.g. 1 or 0.5), got {text!r}")
+    return value
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import models
     from bench.registry import METHODS, TASKS, load_builtin_plugins
@@ -287,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "over a Ray cluster (pip install 'peft-bench[ray]')")
     run.add_argument("--ray-address", default=None,
                      help="Ray cluster to use (e.g. auto, ray://head:10001; default: $RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--gpus-per-run", type=float, default=None,
+    run.add_argument("--gpus-per-run", type=_resources_arg, default=None,
                      help="Ray: GPUs each run asks for (default: 1 on a cluster with GPUs, else 0)")
-    run.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default 1)")
+    run.add_argument("--cpus-per-run", type=_resources_arg, default=1, help="Ray: CPUs each run asks for (default 1)")
     run.set_defaults(func=cmd_run)
     mg = sub.add_parser("merge", help="join result stores (e.g. the shards of a suite) into one, each run once")
     mg.add_argument("sources", nargs="+", help="results.jsonl files or folders holding one")

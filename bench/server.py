@@ -8,6 +8,7 @@ imports anything heavy itself, so the two sets of imports overlap instead of add
 The server must never run a torch op: measured here, a child forked after its parent ran a
 2-thread matmul hangs in its first parallel op (GNU OpenMP's thread pool does not survive a fork).
 So base weights cannot be preloaded here; only imports and pure-Python tables can.
+(`python -m bench.server` reruns that probe.)
 """
 
 from __future__ import annotations
@@ -46,3 +47,36 @@ def start_early(suite: str) -> None:
         pass
     context()
     forkserver.ensure_running()
+
+
+def _probe_child(queue) -> None:
+    import time
+
+    import torch
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    (torch.randn(2000, 2000) @ torch.randn(2000, 2000)).sum().item()
+    queue.put(time.perf_counter() - t0)
+
+
+def probe_fork_after_torch(timeout_s: float = 60.0) -> str:
+    """Why the server never runs a torch op: run a 2-thread matmul here, ``fork``, run one in the
+    child. ``python -m bench.server`` prints the outcome (here: the child hangs)."""
+    import torch
+
+    torch.set_num_threads(2)
+    (torch.randn(2000, 2000) @ torch.randn(2000, 2000)).sum().item()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_probe_child, args=(queue,))
+    proc.start()
+    proc.join(timeout_s)
+    if proc.is_alive():
+        proc.kill()
+        return f"a child forked after a 2-thread torch matmul hangs: still running after {timeout_s:.0f} s"
+    return f"a child forked after a 2-thread torch matmul ran its own in {queue.get():.2f} s"
+
+
+if __name__ == "__main__":
+    print(probe_fork_after_torch())

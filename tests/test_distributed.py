@@ -166,3 +166,6 @@ def test_bad_shard_is_refused_with_the_expected_form(tmp_path, capsys):
             main(["run", str(suite), "--out", str(tmp_path), "--shard", bad])
         assert e.value.code == 2
         assert f"argument --shard: must look like I/N with 1 <= I <= N (e.g. 1/4), got {bad!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", str(suite), "--executor", "ray", "--cpus-per-run", "-1"])
+    assert "argument --cpus-per-run: must be a number >= 0 (e.g. 1 or 0.5), got '-1'" in capsys.readouterr().err
