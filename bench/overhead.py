@@ -216,24 +216,58 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
     return head + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n"
 
 
-def suite_overhead(suite: str, log=print) -> str:
+def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> str:
     """Time ``peftbench run SUITE --no-switch`` in a fresh process against the sum of its runs'
-    pure training + evaluation time."""
+    pure training + evaluation time, and break the difference down.
+
+    Each line the suite prints is timestamped as it arrives (the CLI flushes every line), which
+    gives the start-up (until the first run's process runs: the CLI's first ``[1/N]`` line plus
+    that run's wait for the run server), the report (last run's outcome line to the ``report:``
+    line) and the exit (last line to the end of the process); each run's record gives its own
+    phases. Nothing here runs in the timed process."""
+    import re
+
     from bench.results import read_records
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "bench.cli", "run", suite, "--no-switch", "--out", tmp]
+        cmd = [sys.executable, "-m", "bench.cli", "run", suite, "--no-switch", "--out", tmp, *extra_args]
         log("timing: " + " ".join(cmd[2:]))
+        lines: list[tuple[float, str]] = []
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            lines.append((time.perf_counter() - t0, line.rstrip("\n")))
+        proc.wait()
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise RuntimeError(f"the suite failed:\n{proc.stdout[-2000:]}")
-        records = read_records(Path(tmp) / suite / "results.jsonl")
-    pure = sum(r.resources["train_time_s"] + r.resources["eval_time_s"] for r in records)
-    load = sum(r.resources["load_time_s"] for r in records)
-    iso = [r.resources.get("isolation_overhead_s") or 0.0 for r in records]
-    return (f"`peftbench run {suite} --no-switch` (fresh process, {len(records)} runs): wall {wall:.1f} s; "
-            f"sum of pure training + evaluation {pure:.1f} s; **ratio {wall / pure:.3f}** (target ≤ 1.05). "
-            f"Of the difference: data + model loading {load:.1f} s in total, process isolation {sum(iso):.1f} s "
-            f"(first run {iso[0]:.1f} s, then median {statistics.median(iso[1:] or [0]):.2f} s).\n")
+            raise RuntimeError("the suite failed:\n" + "\n".join(text for _, text in lines[-30:]))
+        records = read_records(Path(tmp) / suite_name(suite) / "results.jsonl")
+    res = [r.resources for r in records]
+    total = lambda key: sum(r.get(key) or 0.0 for r in res)  # noqa: E731
+    pure = total("train_time_s") + total("eval_time_s")
+    at = lambda pattern, last=False: [t for t, text in lines if re.match(pattern, text)][-1 if last else 0]  # noqa: E731
+    iso = [r.get("isolation_overhead_s") or 0.0 for r in res]
+    in_run = total("run_wall_s") - pure - total("load_time_s") - total("setup_time_s") - total("save_time_s")
+    parts = [("start-up: imports until the first run's process runs", at(r"\[1/") + iso[0]),
+             ("data + base model loading (sum over runs)", total("load_time_s")),
+             ("method set-up: accelerator, wrapping, loaders (sum)", total("setup_time_s")),
+             ("artifact saving (sum)", total("save_time_s")),
+             ("rest of each run: metrics, record (sum)", in_run),
+             ("process isolation after the first run (sum)", sum(iso[1:])),
+             ("report with figures", at(r"report: ") - at(r"\s+-> ", last=True)),
+             ("exit", wall - lines[-1][0])]
+    parts.append(("everything else (between runs, printing)", wall - pure - sum(v for _, v in parts)))
+    from tabulate import tabulate
+
+    table = tabulate([{"part of the overhead": name, "seconds": f"{v:.2f}", "share of pure time": f"{v / pure:.2%}"}
+                      for name, v in parts], headers="keys", tablefmt="github", disable_numparse=True)
+    return (f"`peftbench run {suite} --no-switch` (fresh process, {len(records)} runs): wall {wall:.2f} s; "
+            f"sum of pure training + evaluation {pure:.2f} s; **ratio {wall / pure:.3f}** (target ≤ 1.05); "
+            f"overhead {wall - pure:.2f} s:\n\n{table}\n")
+
+
+def suite_name(suite: str) -> str:
+    """The result folder name of a suite given by name or path (its ``name``)."""
+    from bench.suite import load_suite
+
+    return load_suite(suite).name

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 import traceback
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from bench import models
+from bench.artifacts import cache_dir
 from bench.config import ConfigError, TrainConfig, from_dict
 from bench.distributed import cpu_threads, per_process
 from bench.measurement import (MemoryMeter, StepTimer, compute_metrics, count_parameters,
@@ -113,13 +115,14 @@ class Prepared:
     objective: Any
     accelerator: Any
     device: torch.device
-    train_ds: Any
-    test_ds: Any
+    n_train: int
+    n_test: int
     train_labels: list[int]
     train_dl: Any
     test_dl: Any
     params: dict[str, int]
-    load_time_s: float
+    load_time_s: float  # data + base model + tokeniser
+    setup_time_s: float  # the rest of ``prepare``: accelerator, the method's wrapping, loaders
     baseline_rss: int
 
 
@@ -139,6 +142,78 @@ def _encode(rows: dict[str, list], objective, cols: list[str]) -> list[dict[str,
     return [{"input_ids": ids, "length": n, "label": y} for ids, n, y in zip(enc["input_ids"], enc["length"], rows["label"])]
 
 
+@dataclass
+class RunData:
+    """A run's examples: their columns (input fields + label, as lists) and their encodings (the
+    test encodings sorted by length, longest first)."""
+
+    train_rows: dict[str, list]
+    test_rows: dict[str, list]
+    train_enc: list[dict[str, Any]]
+    test_enc: list[dict[str, Any]]
+
+
+DATA_CACHE_VERSION = 1  # bump when what ``run_data`` builds changes shape
+
+
+def _data_key(spec: RunSpec, task: TaskSpec, mspec, objective) -> str | None:
+    """What determines a run's encoded examples; None where it cannot be pinned (a hub model id)."""
+    import inspect
+
+    from bench.task import files_stamp, split_cache_dir
+
+    path = models.model_dir(mspec)
+    if not Path(path).is_dir():
+        return None
+    cfg = spec.train
+    code = inspect.getsource(type(objective))  # editing the objective's code invalidates the cache
+    blob = repr((DATA_CACHE_VERSION, split_cache_dir(task, spec.task_source).name, task.input_fields,
+                 task.template, task.label_words, task.target_prefix, str(Path(path).resolve()), files_stamp(path),
+                 type(objective).__qualname__, hashlib.sha256(code.encode()).hexdigest(), cfg.max_length,
+                 cfg.seed, cfg.n_train, cfg.n_test))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_data(spec: RunSpec, task: TaskSpec, mspec, objective) -> RunData:
+    """The run's training examples (its seeded shuffle of the train split, first ``n_train``) and
+    test examples (the first ``n_test``), tokenised by ``objective``.
+
+    Kept on disk per (tokenizer files, task and source, objective code, max_length, seed, n_train,
+    n_test) as JSON: the runs of a suite that share a model and task (every method, every grid
+    point) read their examples back instead of selecting and tokenising again. Written to a
+    temporary file and renamed into place (concurrent shards write the same bytes). Nothing here
+    is method-specific, so every method trains on exactly the same encodings."""
+    cfg, cols = spec.train, list(task.input_fields)
+    key = _data_key(spec, task, mspec, objective)
+    path = cache_dir() / "encoded" / f"{_safe_name(spec.model)}-{task.name}-{key}.json" if key else None
+    if path is not None and path.is_file():
+        try:
+            return RunData(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # unreadable: build it again below
+            pass
+    splits = load_splits(task, spec.task_source)
+    train_ds = splits["train"].shuffle(seed=cfg.seed)
+    # the run's examples, copied out of the memory-mapped split (reading columns through a
+    # shuffled index mapping costs more than the copy)
+    train_ds = train_ds.select(range(min(cfg.n_train or len(train_ds), len(train_ds)))).flatten_indices(keep_in_memory=True)
+    test_ds = splits["test"].select(range(min(cfg.n_test or len(splits["test"]), len(splits["test"])))).flatten_indices(
+        keep_in_memory=True)
+    train_rows, test_rows = train_ds[:], test_ds[:]  # columns as Python lists, converted once
+    data = RunData(train_rows=train_rows, test_rows=test_rows, train_enc=_encode(train_rows, objective, cols),
+                   # evaluation batches are sorted by length (stable): less padding, same predictions
+                   test_enc=sorted(_encode(test_rows, objective, cols), key=lambda r: -r["length"]))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(dataclasses.asdict(data)))
+        os.replace(tmp, path)
+    return data
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Validate the spec, load data and model, let the method make it trainable."""
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -146,6 +221,7 @@ def prepare(spec: RunSpec) -> Prepared:
     from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
+    started = time.perf_counter()
     method, task = spec.resolved()  # names and configs are checked before anything heavy loads
     cfg = spec.train
     mspec = dataclasses.replace(models.resolve(spec.model), trust_remote_code=spec.trust_remote_code)
@@ -170,22 +246,12 @@ def prepare(spec: RunSpec) -> Prepared:
     hf_logging.disable_progress_bar()
 
     t0 = time.perf_counter()
-    splits = load_splits(task, spec.task_source)
-    train_ds = splits["train"].shuffle(seed=cfg.seed)
-    # the run's examples, copied out of the memory-mapped split (reading columns through a
-    # shuffled index mapping costs more than the copy)
-    train_ds = train_ds.select(range(min(cfg.n_train or len(train_ds), len(train_ds)))).flatten_indices(keep_in_memory=True)
-    test_ds = splits["test"].select(range(min(cfg.n_test or len(splits["test"]), len(splits["test"])))).flatten_indices(
-        keep_in_memory=True)
     set_seed(cfg.seed)  # new weights created at load (an encoder's classification head) are seeded
     lm = models.load(mspec, task.num_labels)
     objective = objective_for(mspec.kind, task, lm.tokenizer, cfg.max_length)
+    data = run_data(spec, task, mspec, objective)
     cols = list(task.input_fields)
-    train_rows, test_rows = train_ds[:], test_ds[:]  # columns as Python lists, converted once
-    train_enc = _encode(train_rows, objective, cols)
-    # evaluation batches are sorted by length (stable): less padding, same predictions
-    test_enc = sorted(_encode(test_rows, objective, cols), key=lambda r: -r["length"])
-    ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: train_rows[f] for f in cols}))
+    ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: data.train_rows[f] for f in cols}))
     head_names = ctx.head_names
     load_time = time.perf_counter() - t0
     release_memory()
@@ -204,15 +270,15 @@ def prepare(spec: RunSpec) -> Prepared:
     model = method.prepare(lm.model, ctx)
     params = count_parameters(method, model, head_names)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_dl = torch.utils.data.DataLoader(train_enc, batch_size=micro_batch, shuffle=True, generator=gen,
+    train_dl = torch.utils.data.DataLoader(data.train_enc, batch_size=micro_batch, shuffle=True, generator=gen,
                                            collate_fn=lambda f: objective.collate(f, training=True), drop_last=True)
-    test_dl = torch.utils.data.DataLoader(test_enc, batch_size=cfg.eval_batch_size, shuffle=False,
+    test_dl = torch.utils.data.DataLoader(data.test_enc, batch_size=cfg.eval_batch_size, shuffle=False,
                                           collate_fn=lambda f: objective.collate(f, training=False))
     return Prepared(spec=spec, method=method, task=task, ctx=ctx, model=model, objective=objective,
-                    accelerator=accelerator, device=device, train_ds=train_ds, test_ds=test_ds,
-                    train_labels=train_rows["label"],
+                    accelerator=accelerator, device=device, n_train=len(data.train_enc),
+                    n_test=len(data.test_enc), train_labels=data.train_rows["label"],
                     train_dl=train_dl, test_dl=test_dl, params=params, load_time_s=load_time,
-                    baseline_rss=baseline_rss)
+                    setup_time_s=time.perf_counter() - started - load_time, baseline_rss=baseline_rss)
 
 
 @dataclass
@@ -333,6 +399,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
     out = train(run)
     # the artifact is what a user deploys for this task (written once, by the main process)
     stored: dict[str, int] = {}
+    t_save = time.perf_counter()
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(run.model)
         if art_dir.exists():
@@ -341,6 +408,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
         run.method.save(unwrapped, art_dir)
         stored = stored_size(art_dir)
     acc.wait_for_everyone()
+    save_time = time.perf_counter() - t_save
     metrics, references, ev, mem_eval = evaluate(run)
     losses = out.losses
     # memory: the peak of each process (one per device), and their max as the run's figure
@@ -349,7 +417,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
     eval_res = per_process(acc, mem_eval.peak_reserved_bytes)
     peak = lambda xs: None if xs[0] is None else int(max(xs))  # noqa: E731
     return ResultRecord(
-        run={**_run_section(spec, started), "n_train": len(run.train_ds), "n_test": len(run.test_ds),
+        run={**_run_section(spec, started), "n_train": run.n_train, "n_test": run.n_test,
              "artifact_dir": str(art_dir)},
         metrics=metrics,
         params={**run.params, **stored},
@@ -358,7 +426,8 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
             "peak_mem_train_reserved_bytes": peak(train_res), "peak_mem_eval_reserved_bytes": peak(eval_res),
             "peak_mem_train_per_process_bytes": [int(x) for x in train_peaks],
             "peak_mem_eval_per_process_bytes": [int(x) for x in eval_peaks],
-            "peak_mem_kind": out.memory.kind, "load_time_s": run.load_time_s,
+            "peak_mem_kind": out.memory.kind, "load_time_s": run.load_time_s, "setup_time_s": run.setup_time_s,
+            "save_time_s": save_time,
             "train_time_s": out.timer.total_s if losses else 0.0,
             "step_time_median_s": out.timer.median_step_s, "train_examples_per_s": out.timer.examples_per_s,
             "eval_time_s": ev.total_s, "eval_examples_per_s": ev.examples_per_s,

@@ -18,7 +18,7 @@ import os
 import tomllib
 from pathlib import Path
 
-PRELOAD = ["bench.preload"]
+PRELOAD = ["bench.preload", "bench._server_exit"]
 MODELS_ENV = "PEFT_BENCH_PRELOAD_MODELS"
 
 

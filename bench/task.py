@@ -144,7 +144,7 @@ def load_splits(spec: TaskSpec, source: str | None = None) -> datasets.DatasetDi
 def split_cache_dir(spec: TaskSpec, source: str | None = None) -> Path:
     """Where ``load_splits`` keeps the splits of (task, version, source) on disk."""
     key = hashlib.sha256(repr((spec.name, spec.version, spec.split_seed, spec.test_size, spec.validation_size,
-                               spec.input_fields, spec.label_names, source, _source_stamp(source))).encode())
+                               spec.input_fields, spec.label_names, source, files_stamp(source))).encode())
     return cache_dir() / "splits" / f"{spec.name}-v{spec.version}-{key.hexdigest()[:12]}"
 
 
@@ -153,8 +153,9 @@ def _mk(path: Path) -> Path:
     return path
 
 
-def _source_stamp(source: str | None) -> str:
-    """Local files change in place: their size and mtime are part of the cache key."""
+def files_stamp(source: str | None) -> str:
+    """Local files change in place: their size and mtime are part of a cache key ("" for anything
+    that is not a local file or folder)."""
     if not source or not Path(source).exists():
         return ""
     files = sorted(Path(source).rglob("*")) if Path(source).is_dir() else [Path(source)]

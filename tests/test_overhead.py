@@ -18,3 +18,28 @@ def test_plain_loop_does_the_same_work_as_the_harness():
         assert r["step_time_median_s"] > 0 and r["eval_examples_per_s"] > 0 and r["run_wall_s"] > r["train_time_s"]
     table = markdown(pairs, spec, 1)
     assert "| lora     | per-step time (median)" in table and "harness / plain" in table
+
+
+def test_suite_overhead_times_a_suite_and_breaks_the_difference_down(tmp_path):
+    import re
+
+    from bench.overhead import suite_overhead
+
+    suite = tmp_path / "tiny_overhead.toml"
+    suite.write_text('models = ["tiny-bert"]\ntasks = ["dummy"]\nmethods = ["lora", "prompt_tuning"]\nseeds = [0]\n'
+                     "[train]\nsteps = 4\nbatch_size = 8\nn_train = 64\nn_test = 32\n")
+    text = suite_overhead(str(suite), log=lambda m: None)
+    head = re.search(r"\((fresh process, 2 runs)\): wall ([\d.]+) s; sum of pure training \+ evaluation ([\d.]+) s; "
+                     r"\*\*ratio ([\d.]+)\*\*", text)
+    assert head, text
+    wall, pure, ratio = map(float, head.groups()[1:])
+    assert 0 < pure < wall and ratio > 1
+    parts = {k: float(v) for k, v in re.findall(r"^\| ([^|]+?)\s+\| ([-\d.]+)\s+\|", text, re.M)}
+    assert set(parts) == {"start-up: imports until the first run's process runs",
+                          "data + base model loading (sum over runs)",
+                          "method set-up: accelerator, wrapping, loaders (sum)", "artifact saving (sum)",
+                          "rest of each run: metrics, record (sum)", "process isolation after the first run (sum)",
+                          "report with figures", "exit", "everything else (between runs, printing)"}, text
+    assert parts["start-up: imports until the first run's process runs"] > 0 and parts["report with figures"] > 0
+    # the parts and the pure time add up to the wall time (all printed to 10 ms)
+    assert abs(sum(parts.values()) - (wall - pure)) < 0.1, text
