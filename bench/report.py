@@ -254,6 +254,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     summary = summarize(records, switch)
     varying = varying_keys(ok)
     lines = [f"# {title}", ""]
+    jobs: list[tuple[int, list]] = []  # (where in `lines` their links go, figures)
     if notes:
         lines += [notes, ""]
     lines += _header(records, command)
@@ -275,19 +276,33 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
             lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
         lines += [table_from_summary(rows, names), ""]
         if figures and not rows.empty:
-            figs = [("Pareto fronts: accuracy against trainable parameters and against peak training memory",
-                     plots.pareto(rows, names[0], out_dir, task)),
-                    ("Peak memory, training and evaluation", plots.memory_bars(rows, out_dir, task))]
-            figs += [("Grid: " + f.removesuffix(".png").replace("_", " "), f)
-                     for f in plots.grid_plots(rows, varying, names[0], out_dir, task)]
-            lines += [f"![{alt}]({f})" for alt, f in figs if f] + [""]
+            # (alt text, or None for the grid's list of figures), drawn below, all together
+            jobs.append((len(lines), [
+                ("Pareto fronts: accuracy against trainable parameters and against peak training memory",
+                 plots.pareto, (rows, names[0], out_dir, task)),
+                ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, task)),
+                (None, plots.grid_plots, (rows, varying, names[0], out_dir, task))]))
+            lines.append("")
     lines.append(claims_section(summary))
     if switch:
         lines.append(switch_tables(switch))
-        fig = plots.switch_bars(summary, out_dir) if figures and not summary.empty else None
-        if fig:
-            lines += [f"![Task-switch latency per method, log scale]({fig})", ""]
+        if figures and not summary.empty:
+            jobs.append((len(lines), [("Task-switch latency per method, log scale", plots.switch_bars,
+                                       (summary, out_dir))]))
+            lines.append("")
     lines.append(_failures(records))
+    results = iter(plots.draw([(fn, args) for _, figs in jobs for _, fn, args in figs]))
+    inserts = []
+    for slot, figs in jobs:
+        links = []
+        for alt, _, _ in figs:
+            result = next(results)
+            named = [(alt, result)] if alt is not None else [
+                ("Grid: " + f.removesuffix(".png").replace("_", " "), f) for f in result]
+            links += [f"![{a}]({f})" for a, f in named if f]
+        inserts.append((slot, links))
+    for slot, links in reversed(inserts):  # from the end: earlier slots keep their index
+        lines[slot:slot] = links
     path = out_dir / "README.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

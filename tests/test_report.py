@@ -195,3 +195,32 @@ def test_report_of_an_untrained_baseline_alone(tmp_path):
     path = write_report([rec("zero_shot", 0, 0.78, 0)], tmp_path, "t", "c")
     _, tables, images = _tables_and_images(path.read_text())
     assert len(tables) == 2 and all((tmp_path / i).is_file() for i in images)
+
+
+def _pid_job(tag: str) -> tuple:
+    import os
+
+    return tag, os.getpid()
+
+
+def _fails_outside(parent: int) -> int:
+    import os
+
+    if os.getpid() != parent:
+        raise RuntimeError("a worker failed")
+    return parent
+
+
+def test_figures_are_drawn_by_workers_in_order_and_redrawn_here_if_a_worker_fails():
+    import os
+    import sys
+
+    from bench import plots
+
+    jobs = [(_pid_job, (t,)) for t in "abcd"]
+    out = plots.draw(jobs)
+    assert [t for t, _ in out] == list("abcd")  # results in the jobs' order
+    if sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) > 1:
+        assert all(pid != os.getpid() for _, pid in out)  # drawn in forked workers
+    # one job fails in its worker: every figure is drawn in this process instead
+    assert plots.draw([(_fails_outside, (os.getpid(),)), (_pid_job, ("x",))]) == [os.getpid(), ("x", os.getpid())]
