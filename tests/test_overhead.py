@@ -7,17 +7,19 @@ from tests.conftest import tiny_spec
 
 
 def test_plain_loop_does_the_same_work_as_the_harness():
-    """Same examples, batches, seeds, network, optimizer and schedule: LoRA ends at the same loss
-    and accuracy through the harness and through the hand-written loop."""
-    spec = tiny_spec("lora", steps=6, batch_size=8, n_train=64, n_test=32, num_threads=1)
-    pairs = measure({"lora": spec}, repeats=1, log=lambda m: None)
-    h, p = pairs[0].harness[0], pairs[0].plain[0]
-    assert h["accuracy"] == p["accuracy"]
-    assert abs(h["final_loss"] - p["final_loss"]) < 1e-5, (h, p)
-    for r in (h, p):
-        assert r["step_time_median_s"] > 0 and r["eval_examples_per_s"] > 0 and r["run_wall_s"] > r["train_time_s"]
-    table = markdown(pairs, spec, 1)
-    assert "| lora     | per-step time (median)" in table and "harness / plain" in table
+    """Same examples, batches, seeds, network, initialisation, optimizer and schedule: LoRA and
+    prompt tuning end at the same loss and accuracy through the harness and the hand-written loop."""
+    specs = {m: tiny_spec(m, steps=6, batch_size=8, n_train=64, n_test=32, num_threads=1)
+             for m in ("lora", "prompt_tuning")}
+    pairs = measure(specs, repeats=1, log=lambda m: None)
+    for pair in pairs:
+        h, p = pair.harness[0], pair.plain[0]
+        assert h["accuracy"] == p["accuracy"], pair.method
+        assert abs(h["final_loss"] - p["final_loss"]) < 1e-5, (pair.method, h, p)
+        for r in (h, p):
+            assert r["step_time_median_s"] > 0 and r["eval_examples_per_s"] > 0 and r["run_wall_s"] > r["train_time_s"]
+    table = markdown(pairs, specs["lora"], 1)
+    assert "| lora          | per-step time (median)" in table and "harness / plain" in table
 
 
 def test_suite_overhead_times_a_suite_and_breaks_the_difference_down(tmp_path):
