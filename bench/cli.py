@@ -89,7 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"`--executor` must be 'local' under `accelerate launch` (every process runs "
                          f"the suite's runs together), got {args.executor!r}.")
     isolate = args.isolate and not launched  # the process group lives in the launched processes
-    if isolate and args.executor == "local" and not args.dry_run:
+    # runs will be forked from the run server: start it now, and use the wait (below)
+    server_first = isolate and args.executor == "local" and not args.dry_run
+    if server_first:
         from bench.server import start_early
 
         start_early(args.suite)  # the run server's imports overlap with this process's own
@@ -113,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(f"suite {suite.name} ({suite.path}){f' shard {i}/{n}' if args.shard else ''}: {len(specs)} runs, "
         f"{len(specs) - len(todo)} skipped (already recorded in {results}), {len(todo)} to run"
         + (f", each on {distributed.state().num_processes} processes" if launched else ""))
-    if isolate and args.executor == "local" and todo and not args.dry_run and not args.shard:
+    if server_first and todo and not args.shard:
         from bench import plots
 
         plots.warm_up()  # while the run server still imports (see its doc)

@@ -236,8 +236,12 @@ def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> s
     phases. Nothing here runs in the timed process."""
     import re
 
+    from bench.config import parse_overrides
     from bench.results import read_records
+    from bench.suite import load_suite
 
+    # checked here, before timing: a bad suite or setting is the caller's error, named as such
+    name = load_suite(suite, parse_overrides([v for k, v in zip(extra_args, extra_args[1:]) if k == "--set"])).name
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "bench.cli", "run", suite, "--no-switch", "--out", tmp, *extra_args]
         log("timing: " + " ".join(cmd[2:]))
@@ -250,7 +254,7 @@ def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> s
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError("the suite failed:\n" + "\n".join(text for _, text in lines[-30:]))
-        records = read_records(Path(tmp) / suite_name(suite) / "results.jsonl")
+        records = read_records(Path(tmp) / name / "results.jsonl")
     res = [r.resources for r in records]
     total = lambda key: sum(r.get(key) or 0.0 for r in res)  # noqa: E731
     pure = total("train_time_s") + total("eval_time_s")
@@ -274,9 +278,3 @@ def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> s
             f"sum of pure training + evaluation {pure:.2f} s; **ratio {wall / pure:.3f}** (target ≤ 1.05); "
             f"overhead {wall - pure:.2f} s:\n\n{table}\n")
 
-
-def suite_name(suite: str) -> str:
-    """The result folder name of a suite given by name or path (its ``name``)."""
-    from bench.suite import load_suite
-
-    return load_suite(suite).name

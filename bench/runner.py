@@ -156,13 +156,13 @@ class RunData:
 DATA_CACHE_VERSION = 1  # bump when what ``run_data`` builds changes shape
 
 
-def _data_key(spec: RunSpec, task: TaskSpec, mspec, objective) -> str | None:
+def _data_key(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> str | None:
     """What determines a run's encoded examples; None where it cannot be pinned (a hub model id)."""
     import inspect
 
     from bench.task import files_stamp, split_cache_dir
 
-    path = models.model_dir(mspec)
+    path = model_path
     if not Path(path).is_dir():
         return None
     cfg = spec.train
@@ -174,9 +174,10 @@ def _data_key(spec: RunSpec, task: TaskSpec, mspec, objective) -> str | None:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_data(spec: RunSpec, task: TaskSpec, mspec, objective) -> RunData:
+def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunData:
     """The run's training examples (its seeded shuffle of the train split, first ``n_train``) and
-    test examples (the first ``n_test``), tokenised by ``objective``.
+    test examples (the first ``n_test``), tokenised by ``objective`` (the tokenizer of the model
+    loaded from ``model_path``).
 
     Kept on disk per (tokenizer files, task and source, objective code, max_length, seed, n_train,
     n_test) as JSON: the runs of a suite that share a model and task (every method, every grid
@@ -184,7 +185,7 @@ def run_data(spec: RunSpec, task: TaskSpec, mspec, objective) -> RunData:
     temporary file and renamed into place (concurrent shards write the same bytes). Nothing here
     is method-specific, so every method trains on exactly the same encodings."""
     cfg, cols = spec.train, list(task.input_fields)
-    key = _data_key(spec, task, mspec, objective)
+    key = _data_key(spec, task, model_path, objective)
     path = cache_dir() / "encoded" / f"{_safe_name(spec.model)}-{task.name}-{key}.json" if key else None
     if path is not None and path.is_file():
         try:
@@ -249,7 +250,7 @@ def prepare(spec: RunSpec) -> Prepared:
     set_seed(cfg.seed)  # new weights created at load (an encoder's classification head) are seeded
     lm = models.load(mspec, task.num_labels)
     objective = objective_for(mspec.kind, task, lm.tokenizer, cfg.max_length)
-    data = run_data(spec, task, mspec, objective)
+    data = run_data(spec, task, lm.path, objective)
     cols = list(task.input_fields)
     ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: data.train_rows[f] for f in cols}))
     head_names = ctx.head_names

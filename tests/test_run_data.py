@@ -14,7 +14,7 @@ def _data(spec):
     _, task = spec.resolved()
     mspec = models.resolve(spec.model)
     objective = objective_for(mspec.kind, task, models.load_tokenizer(mspec), spec.train.max_length)
-    return run_data(spec, task, mspec, objective)
+    return run_data(spec, task, models.model_dir(mspec), objective)
 
 
 def test_run_data_is_cached_per_tokenizer_task_and_settings(tmp_path, monkeypatch):
