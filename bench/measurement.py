@@ -192,6 +192,11 @@ class StepTimer:
     CPU: ``perf_counter`` at each step. CUDA runs asynchronously: a CUDA event is recorded at each
     step (no sync) and the step times are read from the events once, at the end; the loop's total
     is taken after a device sync. Per-step syncs would stall the launch queue and slow what we time.
+
+    A step lasts from the end of the previous one (or the start of the block, or ``resume``) to
+    ``step``. A loop that hands control away between steps (a generator driven step by step)
+    calls ``resume`` when it gets control back, so that the other work is not counted in its
+    next step; ``total_s`` stays the block's wall time.
     """
 
     device: torch.device
@@ -202,18 +207,25 @@ class StepTimer:
     def __enter__(self) -> "StepTimer":
         synchronize(self.device)
         self._cuda = self.device.type == "cuda"
-        self._events: list = []
-        if self._cuda:
-            self._events.append(torch.cuda.Event(enable_timing=True))
-            self._events[-1].record()
-        self._t0 = self._last = time.perf_counter()
+        self._spans: list = []  # CUDA: (start event, end event) per step
+        self._t0 = time.perf_counter()
+        self.resume()
         return self
+
+    def resume(self) -> None:
+        """The next step starts now."""
+        if self._cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        self._last = time.perf_counter()
 
     def step(self, n_examples: int) -> None:
         self.examples += n_examples
         if self._cuda:
-            self._events.append(torch.cuda.Event(enable_timing=True))
-            self._events[-1].record()
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._spans.append((self._start, end))
+            self._start = end
             return
         now = time.perf_counter()
         self.step_times.append(now - self._last)
@@ -223,8 +235,8 @@ class StepTimer:
         synchronize(self.device)
         self.total_s = time.perf_counter() - self._t0
         if self._cuda:
-            self.step_times = [a.elapsed_time(b) / 1e3 for a, b in zip(self._events, self._events[1:])]
-            self._events = []
+            self.step_times = [a.elapsed_time(b) / 1e3 for a, b in self._spans]
+            self._spans = []
 
     @property
     def median_step_s(self) -> float | None:

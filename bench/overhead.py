@@ -10,6 +10,12 @@ which side runs first. Printed per method: medians over repeats of the per-step 
 evaluation throughput and the whole-run wall time (model load, data preparation, training, saving,
 evaluation, result writing), and the median over pairs of the harness/plain ratio.
 
+Whole runs are tens of seconds apart, and on a shared VM the machine's speed drifts by several
+percent between them: the per-step ratio of one pair ranges over 0.93–1.14 here. So the per-step
+time is also measured with the two training loops in lockstep (``lockstep``): the harness's own
+loop (``runner.train_steps``, the generator ``runner.train`` drains) and the plain loop advance one
+step each, alternately, so each harness step has a plain step on the same batch within a second.
+
 ``--suite`` measures a whole suite instead: ``peftbench run SUITE --no-switch`` in a fresh
 process, timed from outside, against the sum of its runs' pure training + evaluation time.
 
@@ -30,6 +36,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import torch
 
@@ -55,9 +63,9 @@ def _peft_config(method: str, cfg) -> object:
     raise ValueError(f"`method` must be one of {', '.join(PLAIN_METHODS)} for the plain loop, got {method!r}.")
 
 
-def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_dir: Path, num_labels: int = 2,
-              mean_pooling: bool = True) -> dict:
-    """A minimal training + evaluation loop, written without the harness (see the module doc)."""
+def plain_setup(spec: RunSpec, split_dir: str, model_path: str, method_cfg, num_labels: int = 2,
+                mean_pooling: bool = True) -> SimpleNamespace:
+    """The plain loop up to its first step: data, model, optimizer (written without the harness)."""
     import datasets
     from peft import get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
@@ -81,62 +89,82 @@ def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_di
         use_mean_pooling(model)
     train_ids = tok(list(train["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
     test_ids = tok(list(test["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
-    train_labels, test_labels = list(train["label"]), list(test["label"])
     set_seed(cfg.seed)
     model = get_peft_model(model, _peft_config(spec.method, method_cfg))
     if spec.method == "prompt_tuning":
         with torch.no_grad():
             model.prompt_encoder["default"].embedding.weight.uniform_(-0.5, 0.5)
-
-    def collate(idx, ids, labels):
-        batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-        return batch["input_ids"], batch["attention_mask"], torch.tensor([labels[i] for i in idx])
-
     head = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
     body = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n]
     opt = torch.optim.AdamW([{"params": body, "lr": method_cfg.lr}, {"params": head, "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     order = torch.utils.data.DataLoader(range(len(train_ids)), batch_size=cfg.batch_size, shuffle=True,
                                         generator=torch.Generator().manual_seed(cfg.seed), drop_last=True,
                                         collate_fn=lambda idx: idx)
+    return SimpleNamespace(t0=t0, cfg=cfg, tok=tok, model=model, params=body + head, opt=opt,
+                           sched=get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * cfg.steps), cfg.steps),
+                           order=order, train_ids=train_ids, train_labels=list(train["label"]),
+                           test_ids=test_ids, test_labels=list(test["label"]), step_times=[], losses=[])
+
+
+def _collate(p: SimpleNamespace, idx, ids, labels):
+    batch = p.tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"], torch.tensor([labels[i] for i in idx])
+
+
+def plain_steps(p: SimpleNamespace) -> Iterator[int]:
+    """The plain training loop, one step at a time (each step timed on its own)."""
+    cfg, model = p.cfg, p.model
     model.train()
-    step_times, losses, it = [], [], iter(order)
-    for _ in range(cfg.steps):
+    it = iter(p.order)
+    for step in range(cfg.steps):
         s = time.perf_counter()
         try:
             idx = next(it)
         except StopIteration:
-            it = iter(order)
+            it = iter(p.order)
             idx = next(it)
-        input_ids, mask, labels = collate(idx, train_ids, train_labels)
+        input_ids, mask, labels = _collate(p, idx, p.train_ids, p.train_labels)
         loss = torch.nn.functional.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits, labels)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(body + head, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-        step_times.append(time.perf_counter() - s)
-    train_s = sum(step_times)
-    art = Path(out_dir) / "plain_artifact"
-    model.save_pretrained(art)
+        torch.nn.utils.clip_grad_norm_(p.params, cfg.max_grad_norm)
+        p.opt.step()
+        p.sched.step()
+        p.opt.zero_grad(set_to_none=True)
+        p.losses.append(loss.detach())
+        p.step_times.append(time.perf_counter() - s)
+        yield step
+
+
+def plain_finish(p: SimpleNamespace, out_dir: Path) -> dict:
+    """Save the adapter, evaluate, write one JSON line."""
+    cfg, model = p.cfg, p.model
+    model.save_pretrained(Path(out_dir) / "plain_artifact")
     model.eval()
     e0 = time.perf_counter()
     correct = 0
     with torch.inference_mode():
-        for i in range(0, len(test_ids), cfg.eval_batch_size):
-            idx = range(i, min(i + cfg.eval_batch_size, len(test_ids)))
-            input_ids, mask, labels = collate(idx, test_ids, test_labels)
+        for i in range(0, len(p.test_ids), cfg.eval_batch_size):
+            idx = range(i, min(i + cfg.eval_batch_size, len(p.test_ids)))
+            input_ids, mask, labels = _collate(p, idx, p.test_ids, p.test_labels)
             correct += (model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1) == labels).sum().item()
     eval_s = time.perf_counter() - e0
-    result = {"accuracy": correct / len(test_ids), "final_loss": float(torch.stack(losses[-10:]).mean()),
-              "step_time_median_s": statistics.median(step_times[1:]), "train_time_s": train_s,
-              "eval_examples_per_s": len(test_ids) / eval_s}
+    result = {"accuracy": correct / len(p.test_ids), "final_loss": float(torch.stack(p.losses[-10:]).mean()),
+              "step_time_median_s": statistics.median(p.step_times[1:]), "train_time_s": sum(p.step_times),
+              "eval_examples_per_s": len(p.test_ids) / eval_s}
     with open(Path(out_dir) / "plain.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
-    result["run_wall_s"] = time.perf_counter() - t0
+    result["run_wall_s"] = time.perf_counter() - p.t0
     return result
+
+
+def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_dir: Path, num_labels: int = 2,
+              mean_pooling: bool = True) -> dict:
+    """A minimal training + evaluation loop, written without the harness (see the module doc)."""
+    p = plain_setup(spec, split_dir, model_path, method_cfg, num_labels, mean_pooling)
+    for _ in plain_steps(p):
+        pass
+    return plain_finish(p, out_dir)
 
 
 def harness_run(spec: RunSpec, out_dir: Path) -> dict:
@@ -156,21 +184,61 @@ def harness_run(spec: RunSpec, out_dir: Path) -> dict:
             "eval_examples_per_s": r["eval_examples_per_s"], "run_wall_s": wall}
 
 
+def lockstep(spec: RunSpec, split_dir: str, model_path: str, method_cfg, num_labels: int = 2,
+             mean_pooling: bool = True) -> dict:
+    """The harness's training loop (``runner.train_steps`` on a ``runner.prepare``d run) and the plain
+    loop's, advanced one optimizer step at a time, alternately (H P, P H, ...): consecutive steps of
+    the two sides are a fraction of a second apart, so a drift of the machine's speed, which moves
+    whole runs by several percent on a shared VM, cancels out of their ratio. Each side keeps its
+    own CPU random-number state (swapped between steps, outside the timed steps), so each draws the
+    dropout masks it would draw alone, and both still reach the same loss."""
+    from bench.runner import prepare, run_to_end, train_steps
+    from bench.task import load_splits
+
+    load_splits.cache_clear()
+    run = prepare(spec)
+    sides = {"harness": [train_steps(run), torch.get_rng_state()]}
+    plain = plain_setup(spec, split_dir, model_path, method_cfg, num_labels, mean_pooling)
+    sides["plain"] = [plain_steps(plain), torch.get_rng_state()]
+
+    def advance(side: str, to_end: bool = False):
+        steps, rng = sides[side]
+        torch.set_rng_state(rng)
+        out = run_to_end(steps) if to_end else next(steps)
+        sides[side][1] = torch.get_rng_state()
+        return out
+
+    for k in range(spec.train.steps):
+        for side in (("harness", "plain") if k % 2 == 0 else ("plain", "harness")):
+            advance(side)
+    outcome = advance("harness", to_end=True)  # its last check of the losses
+    advance("plain", to_end=True)
+    h, p = outcome.timer.step_times[1:], plain.step_times[1:]  # the first step pays one-off costs
+    return {"harness_step_s": statistics.median(h), "plain_step_s": statistics.median(p),
+            "harness_final_loss": statistics.fmean(outcome.losses[-10:]),
+            "plain_final_loss": float(torch.stack(plain.losses[-10:]).mean())}
+
+
 @dataclass
 class Pairs:
     method: str
     harness: list[dict]
     plain: list[dict]
+    lockstep: list[dict] = dataclasses.field(default_factory=list)
 
     def ratio(self, key: str) -> float:
         return statistics.median(h[key] / p[key] for h, p in zip(self.harness, self.plain))
+
+    def lockstep_ratio(self) -> float:
+        return statistics.median(r["harness_step_s"] / r["plain_step_s"] for r in self.lockstep)
 
     def median(self, side: str, key: str) -> float:
         return statistics.median(r[key] for r in getattr(self, side))
 
 
 def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs]:
-    """Interleaved harness / plain runs per method (A B, B A, ...), after one warm-up pair."""
+    """Per method: interleaved harness / plain runs (A B, B A, ...) after one warm-up pair, then
+    ``repeats`` runs of the two training loops in lockstep (``lockstep``)."""
     from bench import models
     from bench.registry import TASKS
     from bench.task import load_splits, split_cache_dir
@@ -201,6 +269,12 @@ def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs
                         getattr(pairs, side).append(res)
                     log(f"  {method} {'warm-up' if not i else f'pair {i}'} {side}: step {res['step_time_median_s'] * 1e3:.1f} ms, "
                         f"eval {res['eval_examples_per_s']:.1f} ex/s, wall {res['run_wall_s']:.2f} s, accuracy {res['accuracy']:.3f}")
+            for i in range(1, repeats + 1):
+                gc.collect()
+                res = lockstep(spec, split_dir, model_path, method_obj.config, task.num_labels, mspec.pooling == "mean")
+                pairs.lockstep.append(res)
+                log(f"  {method} steps interleaved {i}: harness {res['harness_step_s'] * 1e3:.1f} ms, "
+                    f"plain {res['plain_step_s'] * 1e3:.1f} ms, ratio {res['harness_step_s'] / res['plain_step_s']:.3f}")
         out.append(pairs)
     return out
 
@@ -209,19 +283,27 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
     from tabulate import tabulate
 
     t = spec.train
+    ms = lambda v: f"{v * 1e3:.1f} ms"  # noqa: E731
     rows = []
     for p in pairs:
-        for key, name, fmt, better in (("step_time_median_s", "per-step time (median)", lambda v: f"{v * 1e3:.1f} ms", "≤ 1.03"),
+        acc = f"accuracy {p.median('harness', 'accuracy'):.3f} / {p.median('plain', 'accuracy'):.3f}"
+        for key, name, fmt, target in (("step_time_median_s", "per-step time, whole runs interleaved", ms, "≤ 1.03"),
                                        ("eval_examples_per_s", "evaluation throughput", lambda v: f"{v:.1f} ex/s", "≥ 0.97"),
                                        ("run_wall_s", "whole-run wall time", lambda v: f"{v:.2f} s", "≤ 1.10")):
             rows.append({"method": p.method, "measure": name, "harness": fmt(p.median("harness", key)),
                          "plain loop": fmt(p.median("plain", key)), "harness / plain": f"{p.ratio(key):.3f}",
-                         "target": better,
-                         "accuracy (harness / plain)": f"{p.median('harness', 'accuracy'):.3f} / {p.median('plain', 'accuracy'):.3f}"})
+                         "target": target, "result (harness / plain)": acc})
+        if p.lockstep:
+            med = lambda k: statistics.median(r[k] for r in p.lockstep)  # noqa: E731
+            rows.insert(len(rows) - 3, {
+                "method": p.method, "measure": "per-step time, steps interleaved", "harness": ms(med("harness_step_s")),
+                "plain loop": ms(med("plain_step_s")), "harness / plain": f"{p.lockstep_ratio():.3f}", "target": "≤ 1.03",
+                "result (harness / plain)": f"final loss {med('harness_final_loss'):.4f} / {med('plain_final_loss'):.4f}"})
     head = (f"{spec.model} × {spec.task}, {t.steps} steps × batch {t.batch_size}, {t.n_train} training / "
             f"{t.n_test} test examples, eval batch {t.eval_batch_size}, max length {t.max_length}, "
-            f"{torch.get_num_threads()} threads; medians over {repeats} interleaved pairs (after one warm-up pair), "
-            f"pairs alternate which side runs first; ratio = median over pairs of harness / plain.\n\n")
+            f"{torch.get_num_threads()} threads. Whole runs: {repeats} interleaved pairs (after one warm-up pair), "
+            f"alternating which side runs first. Steps interleaved: {repeats} runs of each side's training loop "
+            f"advanced one step at a time, alternately. Each ratio is the median over pairs of harness / plain.\n\n")
     return head + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n"
 
 

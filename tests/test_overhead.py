@@ -18,8 +18,16 @@ def test_plain_loop_does_the_same_work_as_the_harness():
         assert abs(h["final_loss"] - p["final_loss"]) < 1e-5, (pair.method, h, p)
         for r in (h, p):
             assert r["step_time_median_s"] > 0 and r["eval_examples_per_s"] > 0 and r["run_wall_s"] > r["train_time_s"]
+        # in lockstep too (each side keeps its own random state): the same batches and dropout masks
+        lock = pair.lockstep[0]
+        assert abs(lock["harness_final_loss"] - lock["plain_final_loss"]) < 1e-5, (pair.method, lock)
+        assert abs(lock["harness_final_loss"] - h["final_loss"]) < 1e-5, (pair.method, lock, h)
+        assert lock["harness_step_s"] > 0 and lock["plain_step_s"] > 0
     table = markdown(pairs, specs["lora"], 1)
-    assert "| lora          | per-step time (median)" in table and "harness / plain" in table
+    rows = [line for line in table.splitlines() if line.startswith("| lora ")]
+    assert [r.split("|")[2].strip() for r in rows] == [
+        "per-step time, steps interleaved", "per-step time, whole runs interleaved", "evaluation throughput",
+        "whole-run wall time"], table
 
 
 def test_suite_overhead_times_a_suite_and_breaks_the_difference_down(tmp_path):
