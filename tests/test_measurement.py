@@ -30,3 +30,19 @@ def test_step_timer_counts_steps_and_examples():
             t.step(8)
     assert len(t.step_times) == 3 and t.examples == 24 and t.total_s >= sum(t.step_times) * 0.99
     assert t.median_step_s is not None and t.examples_per_s > 0
+
+
+def test_step_timer_does_not_count_time_away_between_steps():
+    """A loop driven step by step (``runner.train_steps``) restarts its step clock on ``resume``:
+    what the caller did in between is in the block's total, not in the next step."""
+    import time
+
+    with StepTimer(torch.device("cpu")) as t:
+        t.step(1)
+        time.sleep(0.3)  # the caller's work between two steps
+        t.resume()
+        t.step(1)
+        time.sleep(0.3)  # without resume: counted in the next step
+        t.step(1)
+    assert t.step_times[1] < 0.1 <= 0.3 <= t.step_times[2]
+    assert t.total_s >= 0.6
