@@ -253,7 +253,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     parts = []
     if args.suite:
-        parts.append(suite_overhead(args.suite, log=log, extra_args=tuple(a for kv in args.set or [] for a in ("--set", kv))))
+        parts.append(suite_overhead(args.suite, log=log, sets=args.set))
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         bad = [m for m in methods if m not in PLAIN_METHODS]

@@ -286,6 +286,12 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
     ms = lambda v: f"{v * 1e3:.1f} ms"  # noqa: E731
     rows = []
     for p in pairs:
+        if p.lockstep:
+            med = lambda k: statistics.median(r[k] for r in p.lockstep)  # noqa: E731
+            rows.append({
+                "method": p.method, "measure": "per-step time, steps interleaved", "harness": ms(med("harness_step_s")),
+                "plain loop": ms(med("plain_step_s")), "harness / plain": f"{p.lockstep_ratio():.3f}", "target": "≤ 1.03",
+                "result (harness / plain)": f"final loss {med('harness_final_loss'):.4f} / {med('plain_final_loss'):.4f}"})
         acc = f"accuracy {p.median('harness', 'accuracy'):.3f} / {p.median('plain', 'accuracy'):.3f}"
         for key, name, fmt, target in (("step_time_median_s", "per-step time, whole runs interleaved", ms, "≤ 1.03"),
                                        ("eval_examples_per_s", "evaluation throughput", lambda v: f"{v:.1f} ex/s", "≥ 0.97"),
@@ -293,12 +299,6 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
             rows.append({"method": p.method, "measure": name, "harness": fmt(p.median("harness", key)),
                          "plain loop": fmt(p.median("plain", key)), "harness / plain": f"{p.ratio(key):.3f}",
                          "target": target, "result (harness / plain)": acc})
-        if p.lockstep:
-            med = lambda k: statistics.median(r[k] for r in p.lockstep)  # noqa: E731
-            rows.insert(len(rows) - 3, {
-                "method": p.method, "measure": "per-step time, steps interleaved", "harness": ms(med("harness_step_s")),
-                "plain loop": ms(med("plain_step_s")), "harness / plain": f"{p.lockstep_ratio():.3f}", "target": "≤ 1.03",
-                "result (harness / plain)": f"final loss {med('harness_final_loss'):.4f} / {med('plain_final_loss'):.4f}"})
     head = (f"{spec.model} × {spec.task}, {t.steps} steps × batch {t.batch_size}, {t.n_train} training / "
             f"{t.n_test} test examples, eval batch {t.eval_batch_size}, max length {t.max_length}, "
             f"{torch.get_num_threads()} threads. Whole runs: {repeats} interleaved pairs (after one warm-up pair), "
@@ -307,7 +307,7 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
     return head + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n"
 
 
-def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> str:
+def suite_overhead(suite: str, log=print, sets: list[str] | None = None) -> str:
     """Time ``peftbench run SUITE --no-switch`` in a fresh process against the sum of its runs'
     pure training + evaluation time, and break the difference down.
 
@@ -315,17 +315,22 @@ def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> s
     gives the start-up (until the first run's process runs: the CLI's first ``[1/N]`` line plus
     that run's wait for the run server), the report (last run's outcome line to the ``report:``
     line) and the exit (last line to the end of the process); each run's record gives its own
-    phases. Nothing here runs in the timed process."""
+    phases (``sets``: ``KEY=VALUE`` training settings, passed on as ``--set``). Nothing here runs in
+    the timed process."""
     import re
+
+    from tabulate import tabulate
 
     from bench.config import parse_overrides
     from bench.results import read_records
     from bench.suite import load_suite
 
+    sets = list(sets or [])
     # checked here, before timing: a bad suite or setting is the caller's error, named as such
-    name = load_suite(suite, parse_overrides([v for k, v in zip(extra_args, extra_args[1:]) if k == "--set"])).name
+    name = load_suite(suite, parse_overrides(sets)).name
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "bench.cli", "run", suite, "--no-switch", "--out", tmp, *extra_args]
+        cmd = [sys.executable, "-m", "bench.cli", "run", suite, "--no-switch", "--out", tmp,
+               *(a for kv in sets for a in ("--set", kv))]
         log("timing: " + " ".join(cmd[2:]))
         lines: list[tuple[float, str]] = []
         t0 = time.perf_counter()
@@ -352,8 +357,6 @@ def suite_overhead(suite: str, log=print, extra_args: tuple[str, ...] = ()) -> s
              ("report with figures", at(r"report: ") - at(r"\s+-> ", last=True)),
              ("exit", wall - lines[-1][0])]
     parts.append(("everything else (between runs, printing)", wall - pure - sum(v for _, v in parts)))
-    from tabulate import tabulate
-
     table = tabulate([{"part of the overhead": name, "seconds": f"{v:.2f}", "share of pure time": f"{v / pure:.2%}"}
                       for name, v in parts], headers="keys", tablefmt="github", disable_numparse=True)
     return (f"`peftbench run {suite} --no-switch` (fresh process, {len(records)} runs): wall {wall:.2f} s; "

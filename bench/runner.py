@@ -162,14 +162,13 @@ def _data_key(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> str 
 
     from bench.task import files_stamp, split_cache_dir
 
-    path = model_path
-    if not Path(path).is_dir():
+    if not Path(model_path).is_dir():
         return None
     cfg = spec.train
     code = inspect.getsource(type(objective))  # editing the objective's code invalidates the cache
     blob = repr((DATA_CACHE_VERSION, split_cache_dir(task, spec.task_source).name, task.input_fields,
-                 task.template, task.label_words, task.target_prefix, str(Path(path).resolve()), files_stamp(path),
-                 type(objective).__qualname__, hashlib.sha256(code.encode()).hexdigest(), cfg.max_length,
+                 task.template, task.label_words, task.target_prefix, str(Path(model_path).resolve()),
+                 files_stamp(model_path), type(objective).__qualname__, hashlib.sha256(code.encode()).hexdigest(), cfg.max_length,
                  cfg.seed, cfg.n_train, cfg.n_test))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
