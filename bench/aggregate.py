@@ -1,11 +1,13 @@
 """Result records pooled over seeds: the one place every table, figure, claim and comparison
 reads its numbers from.
 
-``summarize(records, switch)`` returns a pandas DataFrame with one row per *variant*: the runs of
-one (model, task, method, method config) that finished ok, pooled over seeds. Columns:
+``summarize(records, switch)`` returns a pandas DataFrame with one row per *variant*: the runs that
+finished ok and differ only by their seed (same model, task, method and method config, training
+settings and data), pooled over seeds. Columns:
 
 - identity: ``model``, ``task``, ``method``, ``config`` (dict), ``label`` (method plus the config
-  values that vary between its variants, e.g. ``prompt_tuning (num_virtual_tokens=20)``), ``key``;
+  values and training settings that vary between variants, e.g.
+  ``prompt_tuning (num_virtual_tokens=20)`` or ``lora (steps=200)``), ``key``;
 - ``n``: runs (seeds) pooled; ``steps``: training steps of the runs;
 - per metric M (``accuracy``, ``f1``, ...): ``M`` (mean over seeds), ``M_std`` (sample std over
   seeds, NaN for one seed), ``M_stderr`` (mean of the runs' standard errors over test examples),
@@ -15,8 +17,10 @@ one (model, task, method, method config) that finished ok, pooled over seeds. Co
 - resources (mean over seeds, and ``<name>_std``): ``peak_mem_train_bytes``, ``peak_mem_eval_bytes``,
   ``train_time_s``, ``step_time_median_s``, ``eval_examples_per_s``, ``train_examples_per_s``,
   ``run_wall_s``;
-- task switching, when measured (``peftbench switch``): ``warm_switch_s``, ``cold_switch_s``,
-  ``switch_activate_s`` (medians), from the latest measurement that served this variant's runs.
+- task switching, when measured (``peftbench switch``; medians of the latest measurement that
+  served this variant's runs): ``warm_switch_s`` (activate), ``cold_switch_s`` (load + activate),
+  ``forward_s`` (the forward alone), ``warm_first_output_s`` / ``cold_first_output_s`` (switch +
+  first forward).
 """
 
 from __future__ import annotations
@@ -28,18 +32,30 @@ from collections import defaultdict
 
 import pandas as pd
 
-from bench.results import ResultRecord
+from bench.results import SWITCH_SCHEMA_VERSION, ResultRecord
 
 PARAM_COLUMNS = ("trainable_params", "total_params", "trainable_head_params", "stored_params", "stored_bytes")
 RESOURCE_COLUMNS = ("peak_mem_train_bytes", "peak_mem_eval_bytes", "train_time_s", "step_time_median_s",
                     "eval_examples_per_s", "train_examples_per_s", "run_wall_s")
-SWITCH_COLUMNS = ("warm_switch_s", "cold_switch_s", "switch_activate_s")
+SWITCH_COLUMNS = {"warm_switch_s": "warm_switch", "cold_switch_s": "cold_switch", "forward_s": "forward",
+                  "warm_first_output_s": "warm_first_output", "cold_first_output_s": "cold_first_output"}
 HIGHER_IS_BETTER_COLUMNS = {"eval_examples_per_s", "train_examples_per_s"}
 
 
+def settings(run: dict) -> dict:
+    """What defines a run besides model, task, method and method config, without its seed: the
+    training settings and the data (its source and fingerprint)."""
+    out = {k: v for k, v in (run.get("train") or {}).items() if k != "seed"}
+    for k in ("task_source", "data"):
+        if run.get(k) is not None:
+            out[k] = run[k]
+    return out
+
+
 def variant_key(run: dict) -> tuple:
+    """Everything that defines a run except its seed: runs with the same key are pooled as seeds."""
     return (run.get("model"), run.get("task"), run.get("method"),
-            repr(sorted(run.get("method_config", {}).items())))
+            repr(sorted(run.get("method_config", {}).items())), repr(sorted(settings(run).items())))
 
 
 def group(records: list[ResultRecord]) -> dict[tuple, list[ResultRecord]]:
@@ -63,16 +79,30 @@ def varying_keys(records: list[ResultRecord]) -> dict[str, list[str]]:
             for m, cs in configs.items()}
 
 
+def varying_settings(records: list[ResultRecord]) -> list[str]:
+    """The training settings (and data) whose value differs between the variants of the records."""
+    cs = [settings(recs[0].run) for recs in group(records).values()]
+    return sorted(k for k in set().union(*cs) if len({repr(c.get(k)) for c in cs}) > 1) if cs else []
+
+
 def variant_labels(records: list[ResultRecord]) -> dict[tuple, str]:
     """Row label per variant: the method name, plus the config values that vary between its
-    variants (grids), e.g. ``prompt_tuning (init=random, num_virtual_tokens=20)``."""
-    varying = varying_keys(records)
+    variants (grids) and the training settings that vary between all variants, e.g.
+    ``prompt_tuning (init=random, num_virtual_tokens=20)``, ``lora (steps=200)``."""
+    varying, varying_set = varying_keys(records), varying_settings(records)
     labels = {}
     for key, recs in group(records).items():
-        method, cfg = key[2], recs[0].run.get("method_config", {})
-        ks = varying.get(method, [])
-        labels[key] = method + (f" ({', '.join(f'{k}={cfg.get(k)}' for k in ks)})" if ks else "")
+        method, cfg, st = key[2], recs[0].run.get("method_config", {}), settings(recs[0].run)
+        parts = [f"{k}={cfg.get(k)}" for k in varying.get(method, [])] + [f"{k}={_short(st.get(k))}" for k in varying_set]
+        labels[key] = method + (f" ({', '.join(parts)})" if parts else "")
     return labels
+
+
+def _short(value) -> str:
+    """A setting's value in a label (a data fingerprint by its first characters)."""
+    if isinstance(value, dict) and "sha256" in value:
+        return str(value["sha256"])[:8]
+    return str(value)
 
 
 def _mean(xs) -> float:
@@ -92,8 +122,10 @@ def spread(std: float, stderr: float) -> float:
 
 
 def latest_switch(switch: list[dict] | None) -> list[dict]:
-    """The latest measurement of each group of runs: a re-measurement replaces the earlier one."""
-    return list({tuple(s.get("run_ids", [])): s for s in (switch or [])}.values())
+    """The latest measurement of each group of runs: a re-measurement replaces the earlier one.
+    Measurements of an earlier schema (whose figures meant something else) are left out."""
+    return list({tuple(s.get("run_ids", [])): s for s in (switch or [])
+                 if s.get("schema_version") == SWITCH_SCHEMA_VERSION}.values())
 
 
 def _switch_by_run(switch: list[dict] | None) -> dict[str, dict]:
@@ -124,9 +156,8 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
             vals = [r.resources.get(c) for r in recs]
             row[c], row[f"{c}_std"] = _mean(vals), _std(vals)
         sw = [by_run[r.run_id] for r in recs if r.run_id in by_run]
-        row["warm_switch_s"] = _mean([s["warm_switch"]["median_s"] for s in sw])
-        row["cold_switch_s"] = _mean([s["cold_switch"]["median_s"] for s in sw])
-        row["switch_activate_s"] = _mean([s.get("warm_switch_cost_s") for s in sw])
+        for col, name in SWITCH_COLUMNS.items():
+            row[col] = _mean([s[name]["median_s"] for s in sw if name in s])
         base = [r.baselines.get("majority_accuracy") for r in recs if r.baselines]
         row["majority_accuracy"] = base[0] if base else math.nan
         rows.append(row)

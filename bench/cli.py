@@ -6,6 +6,7 @@
     peftbench run lester --set steps=50  # a built-in suite or a suite.toml, with train overrides
     peftbench report results/quick --out reports/quick   # README.md + PNG figures
     peftbench compare results/quick other/quick          # markdown diff of two result sets
+    peftbench doctor [--latest [--uncapped]]             # environment against the lock; upstream drift
     peftbench run big.toml --executor ray                # one Ray task per run, over a Ray cluster
     peftbench run quick --shard 2/8                      # shard 2 of 8 (e.g. a SLURM array task) ...
     peftbench merge results/quick/shard-*-of-8 --out results/quick   # ... joined afterwards
@@ -277,6 +278,15 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bench import doctor
+
+    if args.latest:
+        return doctor.latest(uncapped=args.uncapped, venv=Path(args.venv) if args.venv else None,
+                             log=lambda m: print(m, flush=True))
+    return doctor.check_lock()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead: time `peftbench run SUITE --no-switch` against its runs' pure train + eval time")
     ov.add_argument("--out", default=None, help="also write the markdown to this file")
     ov.set_defaults(func=cmd_bench_overhead)
+    dr = sub.add_parser("doctor", help="is this environment the locked one? (--latest: what upstream drift breaks)")
+    dr.add_argument("--latest", action="store_true",
+                    help="install the newest versions pyproject.toml allows into a scratch venv and run the "
+                         "method contract tests there; print which methods break with which versions")
+    dr.add_argument("--uncapped", action="store_true", help="with --latest: drop pyproject's upper bounds too")
+    dr.add_argument("--venv", default=None, help="with --latest: build the scratch venv here and keep it "
+                                                 "(default: a temporary folder, removed afterwards)")
+    dr.set_defaults(func=cmd_doctor)
     return p
 
 

@@ -69,6 +69,14 @@ def _env_line(records: list[ResultRecord]) -> str:
             f"{str(env.get('git_commit'))[:12]}; " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items()) if v))
 
 
+def _locks(records: list[ResultRecord]) -> set:
+    return {(r.env.get("lock") or {}).get("sha256") for r in records if r.env}
+
+
+def _fmt_locks(locks: set) -> str:
+    return ", ".join(f"`{x[:16]}`" if x else "none" for x in sorted(locks, key=str)) or "none"
+
+
 def compare_markdown(a_records: list[ResultRecord], b_records: list[ResultRecord], a_name: str, b_name: str,
                      a_switch: list[dict] | None = None, b_switch: list[dict] | None = None) -> str:
     rows, only_a, only_b = compare_rows(summarize(a_records, a_switch), summarize(b_records, b_switch))
@@ -79,6 +87,10 @@ def compare_markdown(a_records: list[ResultRecord], b_records: list[ResultRecord
            "two spreads (std over seeds; for accuracy with one seed, the standard error over test "
            "examples). A resource measured with one seed has no spread: its row says so.", "",
            f"{flagged} of {len(rows)} figures changed beyond their spread.", ""]
+    la, lb = _locks(a_records), _locks(b_records)
+    if la != lb:
+        out[3:3] = [f"**Different environments:** A was installed from lock(s) {_fmt_locks(la)}, B from "
+                    f"{_fmt_locks(lb)}: differences may come from package versions, not from the code.", ""]
     if rows:
         out.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
                             disable_numparse=True))

@@ -249,10 +249,12 @@ def run_switch(records: list[ResultRecord], out_dir: Path, *, repeats: int = 20,
     import json
 
     from bench.results import append_line, read_json_lines
-    from bench.serving import SWITCH_SCHEMA_VERSION, switch_groups
+    from bench.results import SWITCH_SCHEMA_VERSION
+    from bench.serving import switch_groups
 
     path = Path(out_dir) / "switch.jsonl"
-    done = {tuple(r.get("run_ids", [])) for r in read_json_lines(path) if r.get("status") == "ok"}
+    done = {tuple(r.get("run_ids", [])) for r in read_json_lines(path)  # measured with this protocol
+            if r.get("status") == "ok" and r.get("schema_version") == SWITCH_SCHEMA_VERSION}
     out = []
     groups = switch_groups(records)
     for i, group in enumerate(groups, 1):
@@ -271,8 +273,8 @@ def run_switch(records: list[ResultRecord], out_dir: Path, *, repeats: int = 20,
         res["schema_version"] = SWITCH_SCHEMA_VERSION
         append_line(path, json.dumps(res, sort_keys=True))
         if res["status"] == "ok":
-            log(f"    warm switch {res['warm_switch']['median_s'] * 1e3:.2f} ms (forward {res['forward']['median_s'] * 1e3:.2f} ms), "
-                f"cold {res['cold_switch']['median_s'] * 1e3:.1f} ms")
+            log(f"    warm switch {res['warm_switch']['median_s'] * 1e3:.3f} ms, cold switch "
+                f"{res['cold_switch']['median_s'] * 1e3:.1f} ms (forward alone {res['forward']['median_s'] * 1e3:.1f} ms)")
         else:
             log(f"    -> {res['status']}: {res.get('error', '').strip().splitlines()[-1:]}")
         out.append(res)

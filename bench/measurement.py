@@ -2,8 +2,9 @@
 
 - parameters: ``count_parameters`` (trainable / total / head) and ``stored_size`` (what the saved
   artifact holds: tensor elements in its safetensors files, and bytes on disk of the folder);
-- memory: ``MemoryMeter`` (CUDA: max allocated / reserved after a peak reset, minus the baseline;
-  CPU: peak resident set size sampled by a thread, minus the baseline);
+- memory: ``MemoryMeter`` over one ``MemoryBaseline`` (CUDA: max allocated / reserved after a peak
+  reset; CPU: the kernel's peak resident set size), and ``make_resident`` (weights memory-mapped
+  from safetensors count only once they are paged in);
 - time: ``StepTimer`` (wall time, median step, examples/s) with device synchronisation;
 - accuracy & co: ``compute_metrics`` through the task's `evaluate` modules, and
   ``majority_baseline``.
@@ -14,16 +15,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import functools
 import gc
 import os
-import platform
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import psutil
@@ -99,32 +96,82 @@ def release_memory() -> None:
         pass
 
 
-class MemoryMeter:
-    """Peak memory above a baseline, over a ``with`` block.
+def make_resident(model: nn.Module) -> int:
+    """Page in every CPU parameter and buffer of ``model`` by reading it once; returns their bytes.
 
-    CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after reset_peak_memory_stats.
+    ``from_pretrained`` memory-maps safetensors weights, and a page becomes resident only when it is
+    first read: measured on MiniLM (86.1 MiB of fp32 weights), RSS grows 24 MiB on load, 61 MiB
+    more on the first forward and 44 MiB more once every parameter is touched (the rows of the word
+    embeddings that no input uses stay on disk). A baseline read before that misses a
+    method-dependent share of the base weights, so every model is made resident when loaded."""
+    seen: set[int] = set()
+    total = 0
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.device.type != "cpu" or id(t) in seen or not t.numel():
+                continue
+            seen.add(id(t))
+            t.detach().sum()  # reads every page of the tensor
+            total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass
+class MemoryBaseline:
+    """What both memory windows of a run are measured against: the process with the prepared model
+    on its device (base weights resident, the method's own weights added), before training.
+
+    CPU: resident set size, and its anonymous (RssAnon: heap, tensors) and file-backed (RssFile:
+    memory-mapped files such as safetensors weights) parts. CUDA: memory allocated and reserved by
+    torch's caching allocator."""
+
+    device_type: str
+    bytes: int
+    reserved_bytes: int | None = None  # CUDA
+    rss_anon_bytes: int | None = None  # CPU (Linux)
+    rss_file_bytes: int | None = None  # CPU (Linux)
+
+    @classmethod
+    def take(cls, device: torch.device) -> "MemoryBaseline":
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            return cls("cuda", torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+        parts = rss_parts()
+        return cls("cpu", current_rss(), None, parts.get("RssAnon"), parts.get("RssFile"))
+
+    def as_resources(self) -> dict[str, int | None]:
+        return {"mem_baseline_bytes": self.bytes, "mem_baseline_reserved_bytes": self.reserved_bytes,
+                "mem_baseline_rss_anon_bytes": self.rss_anon_bytes,
+                "mem_baseline_rss_file_bytes": self.rss_file_bytes}
+
+
+class MemoryMeter:
+    """Peak memory above one ``MemoryBaseline``, over a ``with`` block.
+
+    CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after reset_peak_memory_stats,
+    minus the baseline's allocated / reserved bytes.
     CPU (Linux): the kernel's own peak resident set size (VmHWM), reset at the start of the block by
-    writing 5 to /proc/self/clear_refs: exact, and free (no sampling thread preempting the compute
-    threads; the sampler it replaced cost ~10% of a MiniLM training step on 2 cores). Elsewhere:
-    RSS sampled every ``interval_s`` by a background thread.
+    writing 5 to /proc/self/clear_refs, minus the baseline's RSS: exact, and free (no sampling
+    thread preempting the compute threads; the sampler it replaced cost ~10% of a MiniLM training
+    step on 2 cores). Elsewhere: RSS sampled every ``interval_s`` by a background thread.
+    Without a baseline, the block's own start is the baseline.
     """
 
-    def __init__(self, device: torch.device, baseline_rss: int | None = None, interval_s: float = 0.005):
+    def __init__(self, device: torch.device, baseline: MemoryBaseline | None = None, interval_s: float = 0.005):
         self.device, self.interval_s = device, interval_s
-        self.baseline_rss = baseline_rss
+        self.baseline = baseline
         self.peak_bytes = 0
         self.peak_reserved_bytes: int | None = None
         self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_peak"
 
     def __enter__(self) -> "MemoryMeter":
+        base = self.baseline or MemoryBaseline.take(self.device)
+        self._base, self._base_reserved = base.bytes, base.reserved_bytes
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self._base_reserved = torch.cuda.memory_reserved(self.device)
             return self
         proc = psutil.Process()
-        self._base = self.baseline_rss if self.baseline_rss is not None else proc.memory_info().rss
         self._thread = None
         if reset_peak_rss():
             return self
@@ -144,8 +191,8 @@ class MemoryMeter:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-            self.peak_reserved_bytes = torch.cuda.max_memory_reserved(self.device) - self._base_reserved
+            self.peak_bytes = max(0, torch.cuda.max_memory_allocated(self.device) - self._base)
+            self.peak_reserved_bytes = max(0, torch.cuda.max_memory_reserved(self.device) - self._base_reserved)
             return
         if self._thread is None:
             peak = peak_rss()
@@ -154,6 +201,20 @@ class MemoryMeter:
             self._thread.join()
             peak = max(self._peak, psutil.Process().memory_info().rss)
         self.peak_bytes = max(0, peak - self._base)
+
+
+def rss_parts() -> dict[str, int]:
+    """RssAnon / RssFile / RssShmem of this process in bytes (Linux; {} elsewhere)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 def reset_peak_rss() -> bool:
@@ -267,55 +328,3 @@ def majority_baseline(train_labels: list[int], test_labels: list[int]) -> dict[s
     majority = collections.Counter(train_labels).most_common(1)[0][0]
     acc = sum(int(y == majority) for y in test_labels) / max(1, len(test_labels))
     return {"majority_class": int(majority), "majority_accuracy": acc}
-
-
-# -- environment -----------------------------------------------------------------------------------
-PACKAGES = ("torch", "transformers", "peft", "datasets", "evaluate", "accelerate", "peft-bench")
-
-
-def git_state(root: Path | None = None) -> dict[str, object]:
-    root = root or Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"git_commit": commit, "git_dirty": dirty if commit else None}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-@functools.lru_cache(maxsize=None)
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages a record names (read once per process: the run server
-    reads them before forking runs)."""
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
-    return versions
-
-
-def environment(device: torch.device) -> dict[str, object]:
-    return {
-        "packages": dict(package_versions()),
-        "python": platform.python_version(),
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "hostname": platform.node(),
-        **git_state(),
-    }

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.artifacts import PackageArtifact, cache_dir, fetch
+from bench.measurement import make_resident
 from bench.registry import MODELS
 
 
@@ -232,6 +233,7 @@ def load_model(spec: ModelSpec, path: str, num_labels: int, dtype: torch.dtype =
                 use_mean_pooling(model)
     finally:
         hf_logging.set_verbosity(verbosity)
+    make_resident(model)  # memory-mapped weights count in memory from the start (see there)
     return model
 
 

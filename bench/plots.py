@@ -158,7 +158,7 @@ def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
     ax.bar([p + w / 2 for p in pos], d["peak_mem_eval_bytes"] / MIB, w, yerr=d["peak_mem_eval_bytes_std"].fillna(0) / MIB,
            capsize=2, label="evaluation", color="tab:orange")
     ax.set_xticks(list(pos), list(d["label"]), rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("peak memory over the loaded model (MiB)")
+    ax.set_ylabel("peak memory above the prepared model (MiB)")
     ax.set_title(f"{task}: peak memory", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -166,12 +166,12 @@ def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
 
 
 def switch_bars(summary: pd.DataFrame, out_dir: Path) -> str | None:
-    """Task-switch latency per method (log scale): the switch itself, warm and cold."""
+    """Task-switch latency per method (log scale): warm and cold switch, and the forward alone."""
     d = summary[summary["warm_switch_s"].notna()].drop_duplicates(["model", "method", "label"])
     if d.empty:
         return None
-    cols = [("switch_activate_s", "switch itself (activate)"), ("warm_switch_s", "warm switch + forward"),
-            ("cold_switch_s", "cold switch (load + forward)")]
+    cols = [("warm_switch_s", "warm switch (activate)"), ("cold_switch_s", "cold switch (load + activate)"),
+            ("forward_s", "forward alone (beside, not inside)")]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(d) + 2), 4))
     w = 0.27
     for i, (col, name) in enumerate(cols):

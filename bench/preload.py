@@ -18,9 +18,10 @@ import bench.serving  # noqa: E402,F401
 
 from bench.task import HIGHER_IS_BETTER, load_metric  # noqa: E402
 
-from bench.measurement import package_versions  # noqa: E402
+from bench.environment import lock_state, package_versions  # noqa: E402
 
 package_versions()
+lock_state()
 
 try:  # transformers builds its table of checkpoint conversions on first model load (0.3 s here)
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping  # noqa: E402

@@ -47,10 +47,27 @@ def _ms(x: float | None) -> str:
 
 
 MEMORY_KINDS = {
-    "cpu_rss_peak": "the kernel's peak RSS (VmHWM, reset at the start of each window) above the post-load baseline",
-    "cpu_rss_sampled": "peak RSS above the post-load baseline, sampled every 5 ms",
-    "cuda_allocated": "torch.cuda.max_memory_allocated above the post-load baseline",
+    "cpu_rss_peak": "the kernel's peak RSS (VmHWM, reset at the start of each window) above one baseline: "
+                    "the prepared model with every base weight resident",
+    "cpu_rss_sampled": "peak RSS, sampled every 5 ms, above one baseline: the prepared model with every base "
+                       "weight resident",
+    "cuda_allocated": "torch.cuda.max_memory_allocated above one baseline: the prepared model on the device "
+                      "(reserved memory is in the records too)",
 }
+
+
+def memory_note(records: list[ResultRecord]) -> str:
+    """What the peak-memory columns of these records measure. Records made before the one-baseline
+    change (no ``mem_baseline_bytes``) measured above a post-load RSS that held only part of the
+    memory-mapped base weights: they say so, and are not comparable with later ones."""
+    kind = records[0].resources.get("peak_mem_kind") if records else None
+    old = [r for r in records if "mem_baseline_bytes" not in r.resources]
+    if not old:
+        return MEMORY_KINDS.get(kind, str(kind))
+    return (f"peak RSS ({kind}) above the RSS right after loading, which held only part of the memory-mapped "
+            f"base weights ({len(old)} of {len(records)} runs recorded before the one-baseline measurement: "
+            "their memory figures hold a method-dependent share of the base weights and are not comparable "
+            "with later reports)")
 
 
 def _num(x) -> float | None:
@@ -154,10 +171,12 @@ def switch_tables(switch: list[dict]) -> str:
         rows.append({
             "method": label, "model": s["model"], "tasks": ", ".join(s["tasks"]),
             "warm switch (median / p90)": f"{_ms(s['warm_switch']['median_s'])} / {_ms(s['warm_switch']['p90_s'])}",
-            "switch itself (activate)": _ms(s["warm_switch_cost_s"]),
             "cold switch (median / p90)": f"{_ms(s['cold_switch']['median_s'])} / {_ms(s['cold_switch']['p90_s'])}",
-            "forward alone": _ms(s["forward"]["median_s"]),
+            "forward alone (median / p90)": f"{_ms(s['forward']['median_s'])} / {_ms(s['forward']['p90_s'])}",
+            "first output, warm / cold": f"{_ms(s['warm_first_output']['median_s'])} / "
+                                         f"{_ms(s['cold_first_output']['median_s'])}",
             "artifact per task": fmt_bytes(statistics.fmean(v for v in s["artifact_bytes"].values() if v is not None)),
+            "base weights": fmt_bytes(s.get("base_weight_bytes")),
             f"memory serving {s['n_tasks']} tasks": fmt_bytes(s["serving_mem_bytes"]),
         })
         t = s.get("throughput", {})
@@ -173,11 +192,14 @@ def switch_tables(switch: list[dict]) -> str:
     first = ok[0]
     head = (f"## Task switching\n\nOne frozen base model serving {first['n_tasks']} tasks ({', '.join(first['tasks'])}); "
             f"batch of {first['batch_size']} test examples; median and p90 of {first['repeats']} repeats per ordered "
-            f"task pair after {first['warmup']} warm-up rounds, device-synchronised. Warm: the target task's artifact "
-            f"is already loaded (activate + first forward); the switch itself is the activate step, timed alone. Cold: it is loaded from its saved files first (the OS page "
-            f"cache is {first['page_cache']}: the files were read moments before). Full fine-tuning holds one full "
-            f"model per task. Memory: resident memory of the base model plus all tasks' artifacts over the process "
-            f"before loading ({first['serving_mem_kind']}).\n\n")
+            f"task pair after {first['warmup']} warm-up rounds (p90: nearest rank), device-synchronised; each figure "
+            f"timed directly, none derived as a difference. Warm switch: making the target task's already loaded "
+            f"artifact active, no forward pass inside. Cold switch: loading its artifact from its saved files and "
+            f"making it active (the OS page cache is {first['page_cache']}: the files were read moments before). "
+            f"Beside them: the forward pass alone, and the time to first output (switch + first forward, timed as "
+            f"one block). Full fine-tuning holds one full model per task. Memory: resident memory of the base model "
+            f"plus all tasks' artifacts over the process before loading ({first['serving_mem_kind']}; every "
+            f"loaded weight made resident, so never less than the base weights).\n\n")
     table = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
     t2 = tabulate(pd.DataFrame(tput), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
     tp = first.get("throughput", {})
@@ -233,9 +255,28 @@ def _header(records: list[ResultRecord], command: str) -> list[str]:
         f"last run's end; the runs' own wall times sum to "
         f"{_fmt_wall(sum(r.resources.get('run_wall_s') or 0.0 for r in records))} |",
         "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + f", python {env.get('python')} |",
+        f"| lock | {lock_summary(records)} |",
         f"| commit | {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''} |",
         f"| reproduce | `{command}` |", "",
     ]
+
+
+def lock_summary(records: list[ResultRecord]) -> str:
+    """Which lock file(s) the records' environments were installed from, and whether they matched."""
+    locks: dict[str | None, list[ResultRecord]] = {}
+    for r in records:
+        if r.env:
+            locks.setdefault((r.env.get("lock") or {}).get("sha256"), []).append(r)
+    parts = []
+    for sha, recs in locks.items():
+        if sha is None:
+            parts.append(f"{len(recs)} run(s) with no lock file (environment not pinned)")
+            continue
+        bad = {k: v for r in recs for k, v in ((r.env.get("lock") or {}).get("mismatches") or {}).items()}
+        state = ("installed packages match it" if not bad else "installed packages differ: "
+                 + ", ".join(f"{k} {v.get('installed')} (locked {v.get('locked')})" for k, v in sorted(bad.items())))
+        parts.append(f"`requirements.lock` sha256 `{sha[:16]}`: {len(recs)} run(s), {state}")
+    return ("**several locks:** " if len(locks) > 1 else "") + "; ".join(parts) if parts else "unknown"
 
 
 def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
@@ -258,13 +299,12 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     if notes:
         lines += [notes, ""]
     lines += _header(records, command)
-    kind = ok[0].resources.get("peak_mem_kind") if ok else None
     lines += [
         "Columns: accuracy on the held-out test split, mean ± spread (the std over seeds, or the binomial "
         "standard error over test examples for one seed), n = seeds; trainable params = parameters with "
         "requires_grad while training (for encoders this includes the classification head every method "
         "trains, shown as 'of which head'); stored = bytes of the saved artifact; peak memory = "
-        + MEMORY_KINDS.get(kind, str(kind))
+        + memory_note(ok)
         + "; step time = median over training steps (first step excluded); switch = median task-switch "
         "latency when measured (see Task switching). Bold: the best value of a ↑ / ↓ column.", ""]
     for task in sorted({r.run.get("task") for r in records}):

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA_VERSION = 1
+# switch.jsonl lines (bench/serving.py); 2: switches timed without a forward, first output beside
+SWITCH_SCHEMA_VERSION = 2
 Status = Literal["ok", "failed", "diverged", "oom", "timeout", "killed"]
 
 

@@ -29,9 +29,9 @@ from bench import models
 from bench.artifacts import cache_dir
 from bench.config import ConfigError, TrainConfig, from_dict
 from bench.distributed import cpu_threads, per_process
-from bench.measurement import (MemoryMeter, StepTimer, compute_metrics, count_parameters,
-                               current_rss, environment, gc_frozen, majority_baseline, release_memory,
-                               stored_size)
+from bench.environment import environment
+from bench.measurement import (MemoryBaseline, MemoryMeter, StepTimer, compute_metrics, count_parameters,
+                               gc_frozen, majority_baseline, release_memory, stored_size)
 from bench.method import Method, ModelContext
 from bench.objectives import objective_for
 from bench.registry import METHODS, TASKS, load_builtin_plugins
@@ -72,9 +72,12 @@ class RunSpec:
                    suite=run.get("suite", ""))
 
     def as_dict(self) -> dict[str, Any]:
-        method, _ = self.resolved()
+        from bench.task import data_fingerprint
+
+        method, task = self.resolved()
         d = dataclasses.asdict(self)
         d["method_config"] = dataclasses.asdict(method.config)  # the full resolved config
+        d["data"] = data_fingerprint(task, self.task_source)  # edited data -> a new run id
         return d
 
     @property
@@ -123,7 +126,7 @@ class Prepared:
     params: dict[str, int]
     load_time_s: float  # data + base model + tokeniser
     setup_time_s: float  # the rest of ``prepare``: accelerator, the method's wrapping, loaders
-    baseline_rss: int
+    baseline: MemoryBaseline  # the prepared model on its device: both memory windows are above it
 
 
 def model_context(mspec, task: TaskSpec, tokenizer, train_texts: list[str] | None = None) -> ModelContext:
@@ -254,8 +257,6 @@ def prepare(spec: RunSpec) -> Prepared:
     ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: data.train_rows[f] for f in cols}))
     head_names = ctx.head_names
     load_time = time.perf_counter() - t0
-    release_memory()
-    baseline_rss = current_rss()  # the post-load baseline both peaks are measured against
 
     if cfg.gradient_checkpointing:
         if not getattr(lm.model, "supports_gradient_checkpointing", False):
@@ -267,8 +268,12 @@ def prepare(spec: RunSpec) -> Prepared:
         else:
             lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     set_seed(cfg.seed)  # the same initialisation of new weights whatever happened above
-    model = method.prepare(lm.model, ctx)
+    model = method.prepare(lm.model, ctx).to(device)
     params = count_parameters(method, model, head_names)
+    release_memory()
+    # ONE baseline for both windows, with the model already on its device (CUDA) and every base
+    # weight resident (CPU: ``models.load_model`` paged the memory-mapped weights in)
+    baseline = MemoryBaseline.take(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_dl = torch.utils.data.DataLoader(data.train_enc, batch_size=micro_batch, shuffle=True, generator=gen,
                                            collate_fn=lambda f: objective.collate(f, training=True), drop_last=True)
@@ -278,7 +283,7 @@ def prepare(spec: RunSpec) -> Prepared:
                     accelerator=accelerator, device=device, n_train=len(data.train_enc),
                     n_test=len(data.test_enc), train_labels=data.train_rows["label"],
                     train_dl=train_dl, test_dl=test_dl, params=params, load_time_s=load_time,
-                    setup_time_s=time.perf_counter() - started - load_time, baseline_rss=baseline_rss)
+                    setup_time_s=time.perf_counter() - started - load_time, baseline=baseline)
 
 
 @dataclass
@@ -325,7 +330,7 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
     groups = [g for g in groups if g["params"]]
     local: list[torch.Tensor] = []  # this process's step losses, not yet averaged over processes
     losses: list[float] = []
-    with MemoryMeter(run.device, run.baseline_rss) as mem, StepTimer(run.device) as timer:
+    with MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as timer:
         if not groups:  # nothing to train (zero-shot baseline)
             return TrainOutcome([], timer, mem)
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -397,7 +402,7 @@ def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, Memo
     model.eval()
     test_dl = acc.prepare(run.test_dl)
     preds, refs = [], []
-    with torch.inference_mode(), MemoryMeter(run.device, run.baseline_rss) as mem, StepTimer(run.device) as ev:
+    with torch.inference_mode(), MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as ev:
         for batch in tqdm(test_dl, desc=f"eval {run.spec.method} {run.spec.task}", leave=False,
                           dynamic_ncols=True, disable=None if acc.is_local_main_process else True):
             with acc.autocast():
@@ -444,7 +449,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
             "peak_mem_train_reserved_bytes": peak(train_res), "peak_mem_eval_reserved_bytes": peak(eval_res),
             "peak_mem_train_per_process_bytes": [int(x) for x in train_peaks],
             "peak_mem_eval_per_process_bytes": [int(x) for x in eval_peaks],
-            "peak_mem_kind": out.memory.kind, "load_time_s": run.load_time_s, "setup_time_s": run.setup_time_s,
+            "peak_mem_kind": out.memory.kind, **run.baseline.as_resources(), "load_time_s": run.load_time_s, "setup_time_s": run.setup_time_s,
             "save_time_s": save_time,
             "train_time_s": out.timer.total_s if losses else 0.0,
             "step_time_median_s": out.timer.median_step_s, "train_examples_per_s": out.timer.examples_per_s,
@@ -499,7 +504,7 @@ def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
         try:
             run = _run_section(spec)
         except Exception:  # noqa: BLE001 - the spec itself is invalid
-            run = {"run_id": f"invalid-{abs(hash(repr(spec))) % 10**10}", "model": spec.model,
+            run = {"run_id": "invalid-" + hashlib.sha256(repr(spec).encode()).hexdigest()[:10], "model": spec.model,
                    "task": spec.task, "method": spec.method}
         return ResultRecord(run=run, status=status, error="\n".join(tail),
                             resources={"run_wall_s": time.perf_counter() - t0})

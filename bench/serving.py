@@ -1,27 +1,30 @@
 """Serving several tasks from one model: task-switch latency, memory and mixed-batch throughput.
 
 One protocol for every method, through the method interface only (``load``, ``activate``,
-``unload``, ``forward_mixed``):
+``unload``, ``forward_mixed``). Each figure is timed directly, on its own, never as a difference:
 
-- warm switch A -> B: B is loaded; time from "serve B" (``activate``) to B's first output (one
-  forward on a fixed small batch of B), after serving A;
-- cold switch A -> B: B is not in the model's memory; time to ``load`` its artifact from disk,
-  activate it and run the same forward. The artifact files were read moments before, so the OS
-  page cache is warm (recorded as ``page_cache: "warm"``): this is the cost of getting an
-  artifact into the model, not of reading a disk;
-- forward alone on the same batch, so that the switch cost itself (switch - forward) is known;
+- warm switch A -> B: B's artifact is already in the model's memory; the time of ``activate(B)``
+  after serving A, device-synchronised. No forward pass is inside it;
+- cold switch A -> B: B is not in memory; the time to ``load`` its artifact from disk and
+  ``activate`` it (no forward pass). The artifact files were read moments before, so the OS page
+  cache is warm (recorded as ``page_cache: "warm"``): this is the cost of getting an artifact into
+  the model, not of reading a disk;
+- beside them: the forward pass alone on a fixed small batch of B (B active), and the time to
+  first output (switch + B's first forward, timed as one block) after a warm and a cold switch;
 - memory of serving N tasks at once: resident memory (CUDA: allocated) of the base model plus N
-  artifacts (full fine-tuning: N full models) over the process before the base model was loaded,
-  taken after every task has been served (weights are memory-mapped and become resident when used);
+  artifacts (full fine-tuning: N full models) over the process before the base model was loaded.
+  Every loaded model is made resident on load (``measurement.make_resident``), so it can never be
+  less than the base weights (``base_weight_bytes``, recorded beside it);
 - throughput of a request stream from several tasks: (a) mixed batches, (b) batches grouped by
   task with a switch between groups, (c) one task only.
 
-Times are medians and 90th percentiles of ``repeats`` measurements after ``warmup`` unmeasured
-ones, each ended by a device synchronisation.
+Times are medians and nearest-rank 90th percentiles of ``repeats`` measurements after ``warmup``
+unmeasured ones.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -30,18 +33,17 @@ from typing import Any, Callable
 
 import torch
 
+from bench.environment import environment
 from bench.measurement import current_rss, release_memory, synchronize
 from bench.method import Method, MixedBatchUnsupported, ModelContext
 
 
-SWITCH_SCHEMA_VERSION = 1
-
-
 def percentile(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]) of a non-empty list."""
+    """Nearest-rank percentile (q in (0, 100]) of a non-empty list: the smallest value with at
+    least q% of the values at or below it."""
     s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
-    return s[k]
+    k = math.ceil(q / 100 * len(s))
+    return s[max(0, min(len(s), k) - 1)]
 
 
 def summarize(xs: list[float]) -> dict[str, float]:
@@ -61,6 +63,19 @@ def _memory(device: torch.device) -> int:
     return current_rss()
 
 
+def _clock(device: torch.device, *steps: Callable[[], None]) -> list[float]:
+    """Run ``steps`` one after the other; the device-synchronised time from the start to the end of
+    each (cumulative): [end of step 1, end of step 2, ...]."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = []
+    for fn in steps:
+        fn()
+        synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], torch.nn.Module],
                    artifacts: dict[str, Path], batches: dict[str, Batch], device: torch.device,
                    repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
@@ -70,7 +85,9 @@ def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], to
     tasks = sorted(artifacts)
     release_memory()
     mem0 = _memory(device)
-    model = load_base().to(device)
+    base = load_base().to(device)
+    base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    model = base
     for t in tasks:
         model = method.load(model, artifacts[t], ctx, t)
     model.eval()
@@ -79,28 +96,24 @@ def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], to
         b = batches[task]
         with torch.inference_mode():
             model(input_ids=b.input_ids, attention_mask=b.attention_mask)
-        synchronize(device)
 
-    def timed(fn) -> float:
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+    def activate(task: str) -> Callable[[], None]:
+        return lambda: method.activate(model, task)
 
     pairs = [(a, b) for a in tasks for b in tasks if a != b]
-    warm, act, fwd, cold = [], [], [], []
+    times: dict[str, list[float]] = {k: [] for k in ("warm_switch", "warm_first_output", "forward",
+                                                     "cold_switch", "cold_first_output")}
     for i in range(warmup + repeats):
         for a, b in pairs:
             method.activate(model, a)
             forward(a)  # serving A
-            t_act = timed(lambda: method.activate(model, b))  # "serve B" ...
-            t_first = timed(lambda: forward(b))  # ... until B's first output
-            f = timed(lambda: forward(b))  # B active: the forward alone
+            switched, first = _clock(device, activate(b), lambda: forward(b))  # "serve B" ... B's output
+            (alone,) = _clock(device, lambda: forward(b))  # B active: the forward alone
             if i >= warmup:
-                warm.append(t_act + t_first)
-                act.append(t_act)
-                fwd.append(f)
-    # every task has now been served: weights loaded lazily (memory-mapped) are resident too
+                times["warm_switch"].append(switched)
+                times["warm_first_output"].append(first)
+                times["forward"].append(alone)
+    # every task has now been served, and every model was made resident when it was loaded
     release_memory()
     mem_n = _memory(device) - mem0
     for i in range(warmup + repeats):
@@ -108,23 +121,21 @@ def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], to
             method.activate(model, a)  # serving A ...
             model = method.unload(model, b)  # ... and B is not in the model's memory
 
-            def cold_switch() -> None:
+            def load_b() -> None:
                 nonlocal model
                 model = method.load(model, artifacts[b], ctx, b)
                 model.eval()
                 method.activate(model, b)
-                forward(b)
 
-            c = timed(cold_switch)
+            switched, first = _clock(device, load_b, lambda: forward(b))
             if i >= warmup:
-                cold.append(c)
-    w, f, c, a = summarize(warm), summarize(fwd), summarize(cold), summarize(act)
+                times["cold_switch"].append(switched)
+                times["cold_first_output"].append(first)
     return {
         "tasks": tasks, "n_tasks": len(tasks), "batch_size": int(next(iter(batches.values())).input_ids.shape[0]),
-        "warm_switch": w, "cold_switch": c, "forward": f, "activate": a,
-        # the switch itself, timed on its own (a difference of two ~100 ms medians would be noise)
-        "warm_switch_cost_s": a["median_s"], "cold_switch_cost_s": c["median_s"] - f["median_s"],
-        "serving_mem_bytes": mem_n, "serving_mem_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
+        **{k: summarize(v) for k, v in times.items()},
+        "serving_mem_bytes": mem_n, "base_weight_bytes": base_bytes,
+        "serving_mem_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
         "page_cache": "warm", "model": model,
     }
 
@@ -182,6 +193,7 @@ def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4
         enc = ctx.tokenizer.pad(encoded[name][:batch_size], return_tensors="pt")
         batches[name] = Batch(enc["input_ids"].to(device), enc["attention_mask"].to(device))
     artifacts = {r.run["task"]: Path(r.run["artifact_dir"]) for r in group}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res = measure_switch(method, ctx, lambda: models.load(mspec, n_labels).model,
                          artifacts, batches, device, repeats=repeats, warmup=warmup)
     model = res.pop("model")
@@ -192,7 +204,10 @@ def measure_group(group, repeats: int = 20, warmup: int = 1, batch_size: int = 4
     res.update({"model": first["model"], "method": first["method"], "method_config": first["method_config"],
                 "seed": train.seed, "run_ids": [r.run_id for r in group],
                 "artifact_bytes": {r.run["task"]: r.params.get("stored_bytes") for r in group},
-                "device": device.type, "repeats": repeats, "warmup": warmup})
+                "device": device.type, "repeats": repeats, "warmup": warmup,
+                # like a result record: what it was measured with, and when
+                "env": environment(device), "started_at": started,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return res
 
 

@@ -162,6 +162,36 @@ def files_stamp(source: str | None) -> str:
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
 
 
+def data_fingerprint(spec: TaskSpec, source: str | None = None) -> dict[str, object]:
+    """What pins a run's data, for its run id: changed data means a new run, never a stale one.
+
+    A local file or folder: the sha256 of its contents (every file's relative path and bytes). The
+    task's own package artifact: its pinned sha256, with the task's ``version``. A hub dataset id
+    cannot be pinned here (``sha256`` None: a new upload under the same id is not seen)."""
+    if source and Path(source).exists():
+        return {"kind": "local", "sha256": _content_sha256(source, files_stamp(source)), "task_version": spec.version}
+    if source:
+        return {"kind": "hub", "sha256": None, "task_version": spec.version}
+    art = spec.artifact
+    return {"kind": "artifact" if art else "builtin", "sha256": art.sha256 if art else None,
+            "task_version": spec.version}
+
+
+@functools.lru_cache(maxsize=64)
+def _content_sha256(source: str, stamp: str) -> str:
+    """sha256 over a file's bytes, or a folder's files (relative path and bytes, sorted); computed
+    again only when ``stamp`` (sizes and mtimes) changes."""
+    root = Path(source)
+    h = hashlib.sha256()
+    for f in (sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]):
+        h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
     raw = _read_source(spec, source)
     if isinstance(raw, datasets.Dataset):

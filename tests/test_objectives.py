@@ -44,11 +44,25 @@ def test_fast_paths_equal_plain_scoring(method):
 
 
 def test_multi_token_labels_use_the_general_path():
+    """Multi-token label words: each score equals the log-likelihood of the label's tokens after
+    the prompt, computed independently, one unpadded sequence at a time with a plain forward."""
     run = prepare(tiny_spec("lora", "tiny-llama", n_test=16))
     obj = run.objective
     assert not obj.single_token_labels  # byte tokens: " bad" / " good" are several tokens
     feats = [run.test_dl.dataset[i] for i in range(4)]
     batch = obj.collate(feats, training=False)
     assert batch["input_ids"].shape[0] == 4 * 2
+    model = run.model.eval()
     with torch.inference_mode():
-        assert obj.scores(run.model.eval(), batch).shape == (4, 2)
+        scores = obj.scores(model, batch)
+        assert scores.shape == (4, 2)
+        for i, f in enumerate(feats):
+            for c, word in enumerate(run.task.label_words):
+                target = run.ctx.tokenizer(run.task.target_prefix + word, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([f["input_ids"] + target])
+                logp = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float().log_softmax(-1)
+                logp = logp[-ids.shape[1]:]  # the sequence's own positions (after any virtual tokens)
+                n = len(f["input_ids"])
+                want = sum(logp[n - 1 + k, t].item() for k, t in enumerate(target))
+                assert abs(scores[i, c].item() - want) < 1e-4, (i, c, scores[i, c].item(), want)
+        assert torch.equal(obj.predict(model, batch), scores.argmax(-1))

@@ -49,12 +49,10 @@ def test_failures_are_results_and_the_suite_goes_on(tmp_path, capsys):
 def test_kill_9_of_the_suite_mid_run_loses_nothing_and_resume_finishes(tmp_path):
     suite = write(tmp_path, TINY + 'methods = ["lora", "prompt_tuning", "p_tuning"]\nseeds = [0]\n' + TRAIN
                   + '[method.prompt_tuning]\nlr = 0.01\n')
-    # make the second run long enough to be killed in the middle of its training
-    slow = Path(suite).read_text().replace("steps = 6", "steps = 6")
-    Path(suite).write_text(slow)
     out = tmp_path / "out"
     results = out / "s" / "results.jsonl"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # steps=300 makes the second run long enough to be killed in the middle of its training
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", suite, "--out", str(out), "--set", "steps=300"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -132,8 +130,12 @@ def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     header = [line for line in report.splitlines() if line.startswith("| method ")][0]
     row = [line for line in report.splitlines() if line.startswith("| lora ")][0]
     cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    import statistics
+
     mean, std = cells["accuracy ↑"].split(" ± ")
-    assert abs(float(mean) - sum(first.values()) / 2) < 1e-3 and float(std) >= 0 and cells["n"] == "2"
+    assert len(set(first.values())) == 2  # the two seeds differ, so the spread is not trivially 0
+    assert abs(float(mean) - statistics.fmean(first.values())) < 1e-3 and cells["n"] == "2"
+    assert abs(float(std) - statistics.stdev(first.values())) < 1e-3
     assert main(["run", suite, "--out", str(out), "--force"]) == 0
     again = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
     assert again == first  # same suite file, same ids, same numbers
@@ -173,3 +175,47 @@ def test_suite_with_switch_measures_serving_and_reports_it(tmp_path, capsys):
     # measuring again on the saved artifacts, without retraining
     assert main(["switch", str(out / "s"), "--force", "--repeats", "20"]) == 0
     assert len((out / "s" / "switch.jsonl").read_text().splitlines()) == 6
+
+
+def test_editing_a_local_task_file_gives_new_runs(tmp_path, capsys):
+    """The run id covers the data's content: edited data is never mistaken for finished runs."""
+    import csv
+
+    data = tmp_path / "data"  # a folder of split files: train.csv, test.csv
+    data.mkdir()
+
+    def write_rows(n_train):
+        for split, n, offset in (("train", n_train, 0), ("test", 100, 10_000)):
+            with open(data / f"{split}.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["text", "label"])
+                for i in range(offset, offset + n):
+                    w.writerow([f"sample {'good' if i % 2 else 'bad'} text number {i}", i % 2])
+
+    write_rows(300)
+    suite = write(tmp_path, TINY.replace('"dummy"', '"sentiment"') + 'methods = ["lora"]\n' + TRAIN
+                  + f'[task_source]\nsentiment = "{data}"\n')
+    first = load_suite(suite).runs[0].run_id
+    out = tmp_path / "out"
+    assert main(["run", suite, "--out", str(out)]) == 0
+    assert main(["run", suite, "--out", str(out), "--dry-run"]) == 0
+    assert "1 skipped" in capsys.readouterr().out  # unchanged data: the run is done
+    write_rows(301)  # one more training row
+    assert load_suite(suite).runs[0].run_id != first
+    assert main(["run", suite, "--out", str(out)]) == 0
+    records = read_records(out / "s" / "results.jsonl")
+    assert len(records) == 2 and len({r.run["data"]["sha256"] for r in records}) == 2
+
+
+def test_runs_with_different_training_settings_are_separate_rows(tmp_path):
+    """steps=2 and steps=3 of the same suite are two variants (two rows), not two seeds of one."""
+    suite = write(tmp_path, TINY + 'methods = ["lora"]\n' + TRAIN)
+    out = tmp_path / "out"
+    assert main(["run", suite, "--out", str(out), "--set", "steps=2", "--no-switch"]) == 0
+    assert main(["run", suite, "--out", str(out), "--set", "steps=3", "--no-switch"]) == 0
+    report = (out / "s" / "README.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| lora")]
+    assert [r.split("|")[1].strip() for r in rows] == ["lora (steps=2)", "lora (steps=3)"], rows
+    header = [line for line in report.splitlines() if line.startswith("| method ")][0]
+    n_col = [c.strip() for c in header.strip("|").split("|")].index("n")
+    assert [r.strip("|").split("|")[n_col].strip() for r in rows] == ["1", "1"]
