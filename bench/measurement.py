@@ -111,7 +111,10 @@ def make_resident(model: nn.Module) -> int:
             if t.device.type != "cpu" or id(t) in seen or not t.numel():
                 continue
             seen.add(id(t))
-            t.detach().sum()  # reads every page of the tensor
+            try:
+                t.detach().sum()  # reads every page of the tensor
+            except (RuntimeError, NotImplementedError):  # a dtype without sum (e.g. quantised)
+                t.detach().clone()
             total += t.numel() * t.element_size()
     return total
 
