@@ -70,12 +70,13 @@ class MethodOutcome:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (test, first line of the failure)
 
 
-def parse_junit(path: Path) -> dict[str, MethodOutcome]:
-    """Per method (the first part of each test's parameter id), its passed and failed tests."""
+def parse_junit(path: Path, methods: set[str] | None = None) -> dict[str, MethodOutcome]:
+    """Per method (the first part of each test's parameter id, if it names one of ``methods``),
+    its passed and failed tests; the other tests under "(other tests)"."""
     out: dict[str, MethodOutcome] = {}
     for case in ET.parse(path).getroot().iter("testcase"):
         m = re.search(r"\[([a-z0-9_]+)-", case.get("name", ""))
-        method = m.group(1) if m else "(not per method)"
+        method = m.group(1) if m and (methods is None or m.group(1) in methods) else "(other tests)"
         o = out.setdefault(method, MethodOutcome())
         bad = next((c for c in case if c.tag in ("failure", "error")), None)
         if bad is None:
@@ -114,7 +115,10 @@ def latest(uncapped: bool = False, venv: Path | None = None, log: Callable[[str]
                        cwd=ROOT, env=_env_with_root(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         if not junit.is_file():
             raise RuntimeError(f"pytest wrote no results ({junit}); run it by hand in {env_dir} to see why.")
-        results = parse_junit(junit)
+        from bench.registry import METHODS, load_builtin_plugins
+
+        load_builtin_plugins()
+        results = parse_junit(junit, set(METHODS.names()))
     finally:
         if tmp is not None:
             tmp.cleanup()
