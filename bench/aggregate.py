@@ -79,21 +79,26 @@ def varying_keys(records: list[ResultRecord]) -> dict[str, list[str]]:
             for m, cs in configs.items()}
 
 
-def varying_settings(records: list[ResultRecord]) -> list[str]:
-    """The training settings (and data) whose value differs between the variants of the records."""
-    cs = [settings(recs[0].run) for recs in group(records).values()]
-    return sorted(k for k in set().union(*cs) if len({repr(c.get(k)) for c in cs}) > 1) if cs else []
+def varying_settings(records: list[ResultRecord]) -> dict[str, list[str]]:
+    """Per task (a report's table), the training settings (and data) whose value differs between
+    its variants."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for recs in group(records).values():
+        by_task[recs[0].run.get("task")].append(settings(recs[0].run))
+    return {t: sorted(k for k in set().union(*cs) if len({repr(c.get(k)) for c in cs}) > 1)
+            for t, cs in by_task.items()}
 
 
 def variant_labels(records: list[ResultRecord]) -> dict[tuple, str]:
     """Row label per variant: the method name, plus the config values that vary between its
-    variants (grids) and the training settings that vary between all variants, e.g.
+    variants (grids) and the training settings that vary between the variants of its task, e.g.
     ``prompt_tuning (init=random, num_virtual_tokens=20)``, ``lora (steps=200)``."""
     varying, varying_set = varying_keys(records), varying_settings(records)
     labels = {}
     for key, recs in group(records).items():
         method, cfg, st = key[2], recs[0].run.get("method_config", {}), settings(recs[0].run)
-        parts = [f"{k}={cfg.get(k)}" for k in varying.get(method, [])] + [f"{k}={_short(st.get(k))}" for k in varying_set]
+        parts = [f"{k}={cfg.get(k)}" for k in varying.get(method, [])]
+        parts += [f"{k}={_short(st.get(k))}" for k in varying_set.get(key[1], [])]
         labels[key] = method + (f" ({', '.join(parts)})" if parts else "")
     return labels
 

@@ -224,3 +224,19 @@ def test_figures_are_drawn_by_workers_in_order_and_redrawn_here_if_a_worker_fail
         assert all(pid != os.getpid() for _, pid in out)  # drawn in forked workers
     # one job fails in its worker: every figure is drawn in this process instead
     assert plots.draw([(_fails_outside, (os.getpid(),)), (_pid_job, ("x",))]) == [os.getpid(), ("x", os.getpid())]
+
+
+def test_labels_name_only_the_settings_that_vary_within_a_task():
+    """Two tasks have different data (as they always do): no label names it. Two step counts of one
+    task are two rows, each labelled by its steps."""
+    from bench.aggregate import variant_labels
+
+    a = rec("lora", 0, 0.8, 2000, task="t1")
+    b = rec("lora", 0, 0.9, 2000, task="t2")
+    c = rec("lora", 0, 0.7, 2000, task="t1")
+    for r, steps, data in ((a, 2, "x"), (b, 2, "y"), (c, 3, "x")):
+        r.run["train"] = {"seed": 0, "steps": steps}
+        r.run["data"] = {"sha256": data * 64}
+    c.run["run_id"] += "-steps3"
+    labels = sorted(variant_labels([a, b, c]).values())
+    assert labels == ["lora", "lora (steps=2)", "lora (steps=3)"], labels
