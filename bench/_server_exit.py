@@ -1,10 +1,27 @@
-"""Imported by the run server only (last in ``bench.server.PRELOAD``): the server leaves at once
-when the suite process ends, instead of tearing torch, transformers & co down module by module
-(1.3 s here, during which it still holds the suite's stdout open, so a pipe such as
-``peftbench run | tee log`` waits for it). The server has nothing to flush: runs are forked
-children, which exit through ``os._exit`` themselves and never run these handlers."""
+"""Imported by the run server only (last in ``bench.server.PRELOAD``).
+
+- The server dies with the suite process that started it (Linux ``PR_SET_PDEATHSIG``): a suite
+  killed by ``kill -9``, SIGTERM or a crash never leaves its server behind, and every run forked
+  from the server dies with the server (``executor._die_with_parent``). Without this the server
+  outlived a killed suite (seen: server and run alive under PID 1 thirty seconds later).
+- Ctrl-C is the suite's to handle: the terminal sends SIGINT to the whole process group, and the
+  server and its runs ignore it (the suite kills the running run and prints its summary).
+- The server leaves at once when the suite process ends, instead of tearing torch, transformers &
+  co down module by module (1.3 s here, during which it still holds the suite's stdout open, so a
+  pipe such as ``peftbench run | tee log`` waits for it). The server has nothing to flush: runs are
+  forked children, which exit through ``os._exit`` themselves and never run these handlers."""
 
 import atexit
+import ctypes
 import os
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the suite died before the line above: PDEATHSIG would never fire
+        os._exit(0)
+except (OSError, AttributeError):  # not Linux/glibc: the forkserver's own EOF check remains
+    pass
 
 atexit.register(os._exit, 0)

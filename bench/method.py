@@ -113,7 +113,12 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def assert_safetensors_only(path: Path) -> None:
-    """Artifacts are loaded only from safetensors: loading a pickle can run arbitrary code."""
+    """Artifacts are loaded only from safetensors (loading a pickle can run arbitrary code), and
+    only from their own folder (no symlink out of it)."""
+    root = Path(path).resolve()
+    outside = [str(f) for f in Path(path).rglob("*") if f.is_symlink() and not f.resolve().is_relative_to(root)]
+    if outside:
+        raise ValueError(f"refusing to load artifact {path}: symlink(s) pointing outside its folder: {outside[:3]}.")
     files = [f for f in Path(path).rglob("*") if f.is_file()]
     pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
     if pickles:

@@ -62,15 +62,17 @@ _register(ModelSpec(name="tiny-llama", kind="causal", description="tiny random L
                               tie_word_embeddings=False, **_TINY)))
 
 
-def resolve(name: str) -> ModelSpec:
-    """A registered model name, else a local directory or a Hugging Face hub id."""
+def resolve(name: str, trust_remote_code: bool = False) -> ModelSpec:
+    """A registered model name, else a local directory or a Hugging Face hub id. Code from the
+    model's repository runs only with ``trust_remote_code`` (the suite lists the model); it is
+    passed explicitly either way, so transformers never stops to ask on the terminal."""
     if name in MODELS:
         return MODELS.get(name)
     if Path(name).is_dir() or ("/" in name and not name.startswith((".", "/"))):
         from transformers import AutoConfig
 
         try:
-            cfg = AutoConfig.from_pretrained(name)
+            cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         except Exception as e:  # hub unreachable, bad path, ...
             raise KeyError(
                 f"model {name!r} is neither a registered model ({', '.join(MODELS.names())}) nor a "
@@ -78,7 +80,7 @@ def resolve(name: str) -> ModelSpec:
             ) from None
         causal = any(a.endswith("ForCausalLM") for a in (cfg.architectures or []))
         return ModelSpec(name=name, kind="causal" if causal else "encoder",
-                         description=f"{cfg.model_type} from {name}", source=name)
+                         description=f"{cfg.model_type} from {name}", source=name, trust_remote_code=trust_remote_code)
     return MODELS.get(name)  # raises KeyError with suggestions
 
 

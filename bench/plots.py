@@ -7,6 +7,8 @@ spread of ``bench.aggregate.spread``: the std over seeds, or the standard error 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from pathlib import Path
 
@@ -52,9 +54,25 @@ def warm_up() -> None:
 DRAW_TIMEOUT_S = 120.0  # per report: past it, workers are killed and the figures drawn in-process
 
 
+@dataclass
+class FigureFailed:
+    """A figure that could not be drawn or written (the report says so and goes on)."""
+
+    error: str
+
+
 def _call(job: tuple) -> object:
     fn, args = job
     return fn(*args)
+
+
+def _call_here(job: tuple) -> object:
+    """A job drawn in this process: its failure is a ``FigureFailed``, not the report's end."""
+    try:
+        return _call(job)
+    except Exception as e:  # noqa: BLE001 - e.g. a full disk: the markdown is still written
+        plt.close("all")
+        return FigureFailed(f"{getattr(job[0], '__name__', job[0])}: {type(e).__name__}: {e}")
 
 
 def draw(jobs: list[tuple]) -> list:
@@ -64,20 +82,21 @@ def draw(jobs: list[tuple]) -> list:
     ~0.35 s a figure here, and figures are independent: with several figures and cores they are
     drawn by forked workers, which inherit this process's loaded matplotlib and fonts. Linux only
     (fork); the workers run matplotlib and pandas only, never torch. If a worker dies or the jobs
-    run past ``DRAW_TIMEOUT_S`` the workers are killed and every figure is drawn here instead."""
+    run past ``DRAW_TIMEOUT_S`` the workers are killed and every figure is drawn here instead; a
+    figure that fails here too comes back as a ``FigureFailed`` (the report names it)."""
     import multiprocessing as mp
     import os
     import sys
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if len(jobs) < 2 or cores < 2 or not sys.platform.startswith("linux"):
-        return [_call(job) for job in jobs]
+        return [_call_here(job) for job in jobs]
     pool = mp.get_context("fork").Pool(min(len(jobs), cores))
     try:
         return pool.map_async(_call, jobs, chunksize=1).get(DRAW_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - a worker failed or hung: the figures are still drawn, here
         pool.terminate()
-        return [_call(job) for job in jobs]
+        return [_call_here(job) for job in jobs]
     finally:
         pool.terminate()
         pool.join()

@@ -10,7 +10,9 @@ standard error over the test examples. The best value of every ↑/↓ column is
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -289,7 +291,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     load_builtin_plugins()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in [p for pat in plots.FIGURE_PATTERNS for p in out_dir.glob(pat)]:
+    for old in [p for pat in plots.FIGURE_PATTERNS for p in out_dir.glob(pat) if p.is_file()]:
         old.unlink()  # figures of an earlier report of this folder that this one may not redraw
     ok = [r for r in records if r.status == "ok"]
     summary = summarize(records, switch)
@@ -337,6 +339,10 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         links = []
         for alt, _, _ in figs:
             result = next(results)
+            if isinstance(result, plots.FigureFailed):
+                print(f"peftbench: warning: a figure was not drawn: {result.error}", file=sys.stderr)
+                links.append(f"_(a figure could not be drawn: {result.error})_")
+                continue
             named = [(alt, result)] if alt is not None else [
                 ("Grid: " + f.removesuffix(".png").replace("_", " "), f) for f in result]
             links += [f"![{a}]({f})" for a, f in named if f]
@@ -344,5 +350,10 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     for slot, links in reversed(inserts):  # from the end: earlier slots keep their index
         lines[slot:slot] = links
     path = out_dir / "README.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    tmp = out_dir / f".README.md.{os.getpid()}"
+    try:  # whole or not at all: an earlier README stays as it was if this write fails
+        tmp.write_text("\n".join(lines).rstrip() + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -34,6 +34,7 @@ from bench.measurement import (MemoryBaseline, MemoryMeter, StepTimer, compute_m
                                gc_frozen, majority_baseline, release_memory, stored_size)
 from bench.method import Method, ModelContext
 from bench.objectives import objective_for
+from bench.paths import contained, slug
 from bench.registry import METHODS, TASKS, load_builtin_plugins
 from bench.results import ResultRecord
 from bench.task import TaskSpec, load_splits
@@ -59,7 +60,7 @@ class RunSpec:
         load_builtin_plugins()
         method_cls = METHODS.get(self.method)
         task = TASKS.get(self.task)
-        models.resolve(self.model)
+        models.resolve(self.model, self.trust_remote_code)
         cfg = from_dict(method_cls.config_cls, self.method_config, where=f"method {self.method!r}")
         return method_cls(cfg), task
 
@@ -88,7 +89,9 @@ class RunSpec:
             if d["train"].get(k) == default:
                 d["train"].pop(k)
         blob = json.dumps(d, sort_keys=True).encode()
-        return f"{self.model}-{self.task}-{self.method}-s{self.train.seed}-" + hashlib.sha256(blob).hexdigest()[:10]
+        # the id names folders (artifacts): a model path or hub id becomes one safe component
+        return (f"{slug(self.model)}-{slug(self.task)}-{slug(self.method)}-s{self.train.seed}-"
+                + hashlib.sha256(blob).hexdigest()[:10])
 
 
 # Training settings added after result stores were published, with the value that behaves as before:
@@ -188,7 +191,7 @@ def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunDa
     is method-specific, so every method trains on exactly the same encodings."""
     cfg, cols = spec.train, list(task.input_fields)
     key = _data_key(spec, task, model_path, objective)
-    path = cache_dir() / "encoded" / f"{_safe_name(spec.model)}-{task.name}-{key}.json" if key else None
+    path = cache_dir() / "encoded" / f"{slug(spec.model)}-{slug(task.name)}-{key}.json" if key else None
     if path is not None and path.is_file():
         try:
             return RunData(**json.loads(path.read_text()))
@@ -213,10 +216,6 @@ def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunDa
     return data
 
 
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
 def prepare(spec: RunSpec) -> Prepared:
     """Validate the spec, load data and model, let the method make it trainable."""
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -227,7 +226,8 @@ def prepare(spec: RunSpec) -> Prepared:
     started = time.perf_counter()
     method, task = spec.resolved()  # names and configs are checked before anything heavy loads
     cfg = spec.train
-    mspec = dataclasses.replace(models.resolve(spec.model), trust_remote_code=spec.trust_remote_code)
+    mspec = dataclasses.replace(models.resolve(spec.model, spec.trust_remote_code),
+                                trust_remote_code=spec.trust_remote_code)
     device = _device(cfg)
     if cfg.mixed_precision == "fp16" and device.type != "cuda":
         raise ConfigError("`mixed_precision` 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'.")
@@ -270,6 +270,10 @@ def prepare(spec: RunSpec) -> Prepared:
     set_seed(cfg.seed)  # the same initialisation of new weights whatever happened above
     model = method.prepare(lm.model, ctx).to(device)
     params = count_parameters(method, model, head_names)
+    if len(data.train_enc) < micro_batch:  # drop_last would leave no batch: the loop could never step
+        raise ConfigError(f"`batch_size` must be at most the number of training examples: task {task.name!r} "
+                          f"has {len(data.train_enc)} here, and a step takes {micro_batch} per micro-batch "
+                          f"(batch_size {cfg.batch_size}); lower `batch_size` or raise `n_train`.")
     release_memory()
     # ONE baseline for both windows, with the model already on its device (CUDA) and every base
     # weight resident (CPU: ``models.load_model`` paged the memory-mapped weights in)
@@ -478,7 +482,12 @@ def evaluate_saved(spec: RunSpec, art_dir: Path) -> dict[str, dict]:
 
 def _cycle(loader):
     while True:  # a fresh shuffle every epoch (the sampler's generator is seeded)
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:  # never spin on a loader that yields nothing
+            raise RuntimeError("the training loader yields no batch (fewer examples than one batch).")
 
 
 def _now() -> str:
@@ -491,9 +500,9 @@ def _run_section(spec: RunSpec, started: str | None = None) -> dict[str, Any]:
 
 def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
     """Run one spec; any failure becomes a result record with its status and error tail."""
-    art_dir = Path(out_dir) / "artifacts" / spec.run_id
     t0 = time.perf_counter()
     try:
+        art_dir = contained(Path(out_dir) / "artifacts" / spec.run_id, out_dir, "the artifact folder")
         with gc_frozen():
             record = train_and_evaluate(spec, art_dir)
         record.resources["run_wall_s"] = time.perf_counter() - t0

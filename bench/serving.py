@@ -141,12 +141,12 @@ def measure_switch(method: Method, ctx: ModelContext, load_base: Callable[[], to
 
 
 def switch_groups(records) -> list[list]:
-    """Runs that differ only by task (same model, method, config, seed, training), with an
-    artifact on disk: each group of >= 2 tasks is one switch measurement."""
+    """Runs that differ only by task (same model, method, config, seed, training) and recorded an
+    artifact: each group of >= 2 tasks is one switch measurement."""
     groups: dict[str, list] = {}
     for r in records:
-        if r.status != "ok" or not r.run.get("artifact_dir") or not Path(r.run["artifact_dir"]).is_dir():
-            continue
+        if r.status != "ok" or not r.run.get("artifact_dir"):
+            continue  # (an artifact recorded but gone from disk fails its group's measurement, loudly)
         run = r.run
         key = repr((run["model"], run["method"], sorted(run["method_config"].items()),
                     sorted(run["train"].items())))

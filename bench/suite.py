@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 
 from bench import models
 from bench.config import ConfigError, TrainConfig, did_you_mean, from_dict
+from bench.paths import NAME_RULE, is_safe_name, slug
 from bench.registry import METHODS, TASKS, load_builtin_plugins
 from bench.runner import RunSpec
 
@@ -85,6 +87,9 @@ def _names(data: dict, key: str, valid: list[str], problems: list[str], check=No
         return []
     out = []
     for v in values:
+        if not isinstance(v, str):
+            problems.append(f"`{key}` must be a list of names (strings), got {v!r} in it.")
+            continue
         if check is not None:
             try:
                 check(v)
@@ -96,7 +101,7 @@ def _names(data: dict, key: str, valid: list[str], problems: list[str], check=No
                             f"Valid choices: {', '.join(valid)}.")
         else:
             out.append(v)
-    if len(set(map(str, values))) != len(values):
+    if len(set(map(repr, values))) != len(values):
         problems.append(f"`{key}` lists a value twice: {values!r}.")
     return out
 
@@ -118,12 +123,13 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     if problems:
         raise SuiteError(str(path), problems)
 
-    model_names = _names(data, "models", [], problems, check=models.resolve)
+    trusted = [t for t in data.get("trust_remote_code", []) if isinstance(t, str)]
+    model_names = _names(data, "models", [], problems, check=lambda m: models.resolve(m, m in trusted))
     task_names = _names(data, "tasks", TASKS.names(), problems)
     method_names = _names(data, "methods", METHODS.names(), problems)
     seeds = data.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        problems.append(f"`seeds` must be a non-empty list of non-negative integers, got {seeds!r}.")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        problems.append(f"`seeds` must be a non-empty list of integers in [0, 2**32) (numpy's seed range), got {seeds!r}.")
     train_raw = {**data.get("train", {}), **(train_overrides or {})}
     if "seed" in train_raw:
         problems.append("`train.seed` conflicts with `seeds`: list seeds in `seeds` only.")
@@ -133,6 +139,15 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     except ConfigError as e:
         problems.append(str(e))
     method_cfgs: dict[str, dict] = data.get("method", {})
+    for m, v in list(method_cfgs.items()):
+        if not isinstance(v, dict):
+            problems.append(f"[method.{m}] must be a table of config fields (e.g. [method.{m}] lr = 1e-3), got {v!r}.")
+            method_cfgs.pop(m)
+    for m, v in list(data.get("grid", {}).items()):
+        if not (isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(g, dict) for g in v))):
+            problems.append(f"[grid.{m}] must be a table of lists, or a non-empty array of such tables "
+                            f"([[grid.{m}]]), got {v!r}.")
+            data["grid"].pop(m)
     for m in method_cfgs:
         if m not in method_names:
             problems.append(f"[method.{m}] configures a method that is not in `methods` ({', '.join(method_names)}).")
@@ -142,20 +157,31 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
         if m not in method_names:
             problems.append(f"[grid.{m}] is a grid for a method that is not in `methods` ({', '.join(method_names)}).")
     sources: dict[str, str] = data.get("task_source", {})
+    for t, v in list(sources.items()):
+        if not isinstance(v, str) or not v:
+            problems.append(f"[task_source] {t} must be a path or a hub dataset id (a string), got {v!r}.")
+            sources.pop(t)
     for t in sources:
         if t not in task_names:
             problems.append(f"[task_source] names task {t!r}, which is not in `tasks` ({', '.join(task_names)}).")
-    trusted = data.get("trust_remote_code", [])
+    listed = [m for m in data.get("models", []) if isinstance(m, str)]
     for mo in trusted:
-        if mo not in model_names:
-            problems.append(f"`trust_remote_code` names model {mo!r}, which is not in `models` ({', '.join(model_names)}).")
+        if mo not in listed:  # (a listed model that failed to resolve has its own message above)
+            problems.append(f"`trust_remote_code` names model {mo!r}, which is not in `models` ({', '.join(listed)}).")
+    # the name is the result folder <out>/<name>: a file's stem is made safe, a given name must be
+    name = data.get("name", slug(path.stem))
+    if not is_safe_name(name):
+        problems.append(f"`name` must be {NAME_RULE} (it names the result folder), got "
+                        f"{name if len(name) <= 80 else name[:77] + '...'!r}.")
     for key in ("timeout_s", "memory_limit_gb", "switch_repeats"):
-        if key in data and not data[key] > 0:
-            problems.append(f"`{key}` must be positive, got {data[key]!r}.")
+        if key in data and not (data[key] > 0 and math.isfinite(data[key])):
+            problems.append(f"`{key}` must be a positive finite number, got {data[key]!r}.")
+    if train is not None and train.n_train and train.n_train < train.batch_size:
+        problems.append(f"`train.n_train` ({train.n_train}) must be at least `train.batch_size` "
+                        f"({train.batch_size}): no training batch could be formed.")
     if problems:
         raise SuiteError(str(path), list(dict.fromkeys(problems)))
 
-    name = data.get("name", path.stem)
     runs: dict[str, RunSpec] = {}
     for mo in model_names:
         for t in task_names:

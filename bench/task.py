@@ -98,6 +98,10 @@ def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
             raise TaskDataError(f"task {spec.name!r}: label values must be one of {list(spec.label_names)}, got {bad[:5]}.")
         ds = ds.map(lambda r: {"label": index[r["label"]]}, features=None)
     ds = ds.cast_column("label", datasets.Value("int64"))
+    bad = sorted({y for y in ds["label"] if not 0 <= y < spec.num_labels})
+    if bad:
+        raise TaskDataError(f"task {spec.name!r}: labels must be class indices 0..{spec.num_labels - 1} "
+                            f"({', '.join(spec.label_words)}), got {bad[:5]}.")
     return ds
 
 
@@ -213,6 +217,10 @@ def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
         train = train.shuffle(seed=spec.split_seed + 1)
         n_val = min(spec.validation_size, len(train) // 5)
         val, train = train.select(range(n_val)), train.select(range(n_val, len(train)))
+    for name, part in (("train", train), ("test", test)):
+        if len(set(part["label"])) < 2:
+            raise TaskDataError(f"task {spec.name!r}: the {name} split must hold at least two classes, got "
+                                f"only {sorted(set(part['label']))} in {len(part)} rows (accuracy would mean nothing).")
     return datasets.DatasetDict(train=train, validation=val, test=test)
 
 

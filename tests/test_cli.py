@@ -37,9 +37,9 @@ BASE = 'models = ["tiny-bert"]\ntasks = ["dummy"]\nseeds = [0]\n'
     (BASE + 'methods = ["lora"]\n[grid.lora]\nr = []\n', r"\[grid.lora\]: `r` must be a non-empty list of values, got \[\]"),
     (BASE + 'methods = ["lora"]\n[method.lora]\nr = 4\n[grid.lora]\nr = [2, 8]\n', r"`r` is also set in \[method.lora\]; set it in one place only"),
     (BASE + 'methods = ["lora"]\n[grid.lora]\nr = [2, "big"]\n', r"\[grid.lora\]: `r` must be an integer, got 'big'"),
-    (BASE + 'methods = ["lora"]\ntimeout_s = -5\n', r"`timeout_s` must be positive, got -5"),
+    (BASE + 'methods = ["lora"]\ntimeout_s = -5\n', r"`timeout_s` must be a positive finite number, got -5"),
     (BASE + 'methods = ["lora"]\ntrust_remote_code = ["minilm"]\n', r"`trust_remote_code` names model 'minilm', which is not in `models`"),
-    ('models = ["tiny-bert"]\ntasks = ["dummy"]\nseeds = [-1]\nmethods = ["lora"]\n', r"`seeds` must be a non-empty list of non-negative integers, got \[-1\]"),
+    ('models = ["tiny-bert"]\ntasks = ["dummy"]\nseeds = [-1]\nmethods = ["lora"]\n', r"`seeds` must be a non-empty list of integers in \[0, 2\*\*32\) \(numpy's seed range\), got \[-1\]"),
     (BASE + 'methods = ["lora"]\n[train]\nseed = 3\n', r"`train.seed` conflicts with `seeds`"),
     ('models = ["tiny-bert"\n', r"not valid TOML"),
 ])

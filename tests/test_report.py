@@ -240,3 +240,15 @@ def test_labels_name_only_the_settings_that_vary_within_a_task():
     c.run["run_id"] += "-steps3"
     labels = sorted(variant_labels([a, b, c]).values())
     assert labels == ["lora", "lora (steps=2)", "lora (steps=3)"], labels
+
+
+def test_a_figure_that_cannot_be_written_is_named_and_the_report_still_written(tmp_path, capsys):
+    """A figure whose file cannot be written (here: a folder already holds its name) is listed in
+    the report and on stderr; the markdown is written whole."""
+    records = [rec("prompt_tuning", 0, 0.7, 100), rec("lora", 0, 0.8, 2000)]
+    (tmp_path / "pareto_t.png").mkdir()  # savefig cannot write a file there
+    path = write_report(records, tmp_path, "r", "cmd")
+    text = path.read_text()
+    assert "_(a figure could not be drawn: pareto: " in text and "## t" in text
+    assert "peftbench: warning: a figure was not drawn: pareto:" in capsys.readouterr().err
+    assert (tmp_path / "memory_t.png").is_file()  # the other figures are there
