@@ -113,9 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.report import fmt_s
     from bench.results import check_writable, store_lock
     from bench.paths import contained
-    from bench.suite import load_suite
+    from bench.suite import check_task_data, load_suite
 
     suite = load_suite(args.suite, parse_overrides(args.set))
+    check_task_data(suite)  # local task data, read and checked before any run (also for --dry-run)
     specs, out_dir = suite.runs, contained(Path(args.out) / suite.name, args.out, "the result folder")
     if args.shard:
         i, n = args.shard

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,8 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     for key in ("timeout_s", "memory_limit_gb", "switch_repeats"):
         if key in data and not (data[key] > 0 and math.isfinite(data[key])):
             problems.append(f"`{key}` must be a positive finite number, got {data[key]!r}.")
+    if train is not None:
+        problems += _machine_problems(train)
     if train is not None and train.n_train and train.n_train < train.batch_size:
         problems.append(f"`train.n_train` ({train.n_train}) must be at least `train.batch_size` "
                         f"({train.batch_size}): no training batch could be formed.")
@@ -195,6 +198,49 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     return Suite(name=name, description=data.get("description", ""), path=str(path), runs=list(runs.values()),
                  timeout_s=data.get("timeout_s"), memory_limit_gb=data.get("memory_limit_gb"),
                  switch=data.get("switch", False), switch_repeats=data.get("switch_repeats", 20))
+
+
+def _machine_problems(train: TrainConfig) -> list[str]:
+    """Settings this machine cannot run, and a cache it cannot write: found before any run."""
+    import torch
+
+    from bench.artifacts import cache_dir
+
+    out = []
+    if not torch.cuda.is_available():
+        if train.device == "cuda":
+            out.append("`train.device` must be 'auto' or 'cpu' on this machine (no CUDA device), got 'cuda'.")
+        if train.mixed_precision == "fp16":
+            out.append("`train.mixed_precision` 'fp16' needs a CUDA device; on this CPU use 'bf16' or 'no'.")
+    try:
+        probe = cache_dir() / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        out.append(f"the cache $PEFT_BENCH_CACHE ({os.environ.get('PEFT_BENCH_CACHE', '~/.cache/peft-bench')}) "
+                   f"must be writable: {e.strerror}.")
+    return out
+
+
+def check_task_data(suite: "Suite") -> None:
+    """Build (or read from the cache) the splits of every task that reads a local ``task_source``,
+    before any run: a bad column, label or size is one problem line here, not a failed record per
+    run. Built-in sources are pinned and checked by their own tests."""
+    from bench.task import TaskDataError, load_splits
+
+    problems = []
+    for task, source in sorted({(s.task, s.task_source) for s in suite.runs if s.task_source}):
+        try:
+            splits = load_splits(TASKS.get(task), source)
+        except TaskDataError as e:
+            problems.append(str(e))
+            continue
+        need = max(s.train.batch_size for s in suite.runs if s.task == task)
+        if len(splits["train"]) < need:
+            problems.append(f"task {task!r}: {len(splits['train'])} training rows in {source!r}, fewer than "
+                            f"`batch_size` ({need}).")
+    if problems:
+        raise SuiteError(suite.path, problems)
 
 
 def _variants(method: str, base: dict, grids, problems: list[str]) -> list[dict]:

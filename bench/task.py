@@ -69,12 +69,26 @@ def _read_source(spec: TaskSpec, source: str | None):
         return spec.reader(fetch(spec.artifact) if spec.artifact else Path("."))
     path = Path(source)
     if path.is_file() or path.is_dir():
-        files = {p.stem: str(p) for p in sorted(path.iterdir())} if path.is_dir() else {"train": str(path)}
-        fmt = _FILE_FORMATS.get(Path(next(iter(files.values()))).suffix)
+        files = ({p.stem: str(p) for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+                 if path.is_dir() else {"train": str(path)})
+        if not files:
+            raise TaskDataError(f"`task_source` folder {source!r} holds no files; it needs train.<ext> (and "
+                                f"optionally validation / test), <ext> one of {sorted(_FILE_FORMATS)}.")
+        if "train" not in files:
+            raise TaskDataError(f"`task_source` folder {source!r} has no train file (found {sorted(files)}); "
+                                f"name the training rows train.<ext>.")
+        fmt = _FILE_FORMATS.get(Path(files["train"]).suffix)
         if fmt is None:
-            raise TaskDataError(f"`task_source` file type must be one of {sorted(_FILE_FORMATS)}, got {source!r}.")
-        kw = {"delimiter": "\t"} if str(next(iter(files.values()))).endswith(".tsv") else {}
-        return datasets.load_dataset(fmt, data_files=files, **kw)
+            raise TaskDataError(f"`task_source` file type must be one of {sorted(_FILE_FORMATS)}, got {files['train']!r}.")
+        empty = [f for f in files.values() if Path(f).stat().st_size == 0]
+        if empty:
+            raise TaskDataError(f"`task_source` file(s) {empty} are empty.")
+        kw = {"delimiter": "\t"} if files["train"].endswith(".tsv") else {}
+        try:
+            return datasets.load_dataset(fmt, data_files=files, **kw)
+        except Exception as e:  # noqa: BLE001 - datasets' parse errors name neither task nor a fix
+            raise TaskDataError(f"task {spec.name!r}: could not read `task_source` {source!r} as {fmt}: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     try:
         return datasets.load_dataset(source)
     except Exception as e:  # offline: OfflineModeIsEnabled / ConnectionError
@@ -97,7 +111,12 @@ def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
         if bad:
             raise TaskDataError(f"task {spec.name!r}: label values must be one of {list(spec.label_names)}, got {bad[:5]}.")
         ds = ds.map(lambda r: {"label": index[r["label"]]}, features=None)
-    ds = ds.cast_column("label", datasets.Value("int64"))
+    try:
+        ds = ds.cast_column("label", datasets.Value("int64"))
+    except (ValueError, TypeError) as e:  # pyarrow: floats with a fraction, strings without label_names
+        raise TaskDataError(f"task {spec.name!r}: labels must be integer class indices 0..{spec.num_labels - 1} "
+                            f"or one of the task's label names {list(spec.label_names)}; got values such as "
+                            f"{ds['label'][:3]} ({type(e).__name__}: {str(e).splitlines()[0][:120]}).") from None
     bad = sorted({y for y in ds["label"] if not 0 <= y < spec.num_labels})
     if bad:
         raise TaskDataError(f"task {spec.name!r}: labels must be class indices 0..{spec.num_labels - 1} "

@@ -375,3 +375,74 @@ def test_task_data_with_labels_out_of_range_or_one_class_is_refused(tmp_path, la
                 w.writerow([f"row number {i}", labels[i % 3] if split == "train" else i % 2])
     with pytest.raises(TaskDataError, match=message):
         load_splits(TASKS.get("dummy"), str(data))
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("device=cuda", r"`train.device` must be 'auto' or 'cpu' on this machine \(no CUDA device\)"),
+    ("mixed_precision=fp16", r"`train.mixed_precision` 'fp16' needs a CUDA device"),
+])
+def test_settings_the_machine_cannot_run_are_refused_up_front(tmp_path, capsys, setting, message):
+    import re
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    suite = write(tmp_path, TINY + TRAIN)
+    assert main(["run", suite, "--out", str(tmp_path / "out"), "--set", setting, "--dry-run"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_an_unusable_cache_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "cache-file"
+    a_file.write_text("x")
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(a_file))
+    suite = write(tmp_path, TINY + TRAIN)
+    assert main(["run", suite, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "the cache $PEFT_BENCH_CACHE (" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("files,message", [
+    ({}, r"holds no files; it needs train.<ext>"),
+    ({"test.csv": "text,label\na,0\n"}, r"has no train file \(found \['test'\]\)"),
+    ({"train.csv": ""}, r"are empty"),
+    ({"train.csv": "text,label\n" + "".join(f"row {i},{i % 2 * 5}\n" for i in range(1200))},
+     r"labels must be class indices 0..1"),
+    ({"train.csv": "text,label\n" + "".join(f"row {i},{i % 2 + 0.5}\n" for i in range(1200))},
+     r"labels must be integer class indices 0..1 or one of the task's label names"),
+])
+def test_bad_local_task_data_is_one_line_before_any_run(tmp_path, capsys, files, message):
+    import re
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+    suite = write(tmp_path, TINY + TRAIN + f'[task_source]\ndummy = "{data}"\n')
+    assert main(["run", suite, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
+def test_a_full_disk_stops_the_suite_with_one_line_and_only_whole_records(tmp_path):
+    """A real 200 KB tmpfs as --out (skipped where mounting is not allowed): runs fill it; the suite
+    ends with one clear line, exit 2, no traceback; every complete line is a record, the torn one
+    is skipped."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        suite = write(tmp_path, TINY + TRAIN + "[grid.lora]\nr = [" + ", ".join(map(str, range(1, 21))) + "]\n")
+        proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", suite, "--out", str(mnt), "--no-switch"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "could not write a whole record to" in proc.stderr and "No space left on device" in proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        store = mnt / "s" / "results.jsonl"
+        lines = store.read_bytes().split(b"\n")
+        records = read_records(store, warn=False)
+        assert len(records) >= 3 and all(json.loads(x) for x in lines[:len(records)])
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
