@@ -87,8 +87,12 @@ def _read_source(spec: TaskSpec, source: str | None):
         try:
             return datasets.load_dataset(fmt, data_files=files, **kw)
         except Exception as e:  # noqa: BLE001 - datasets' parse errors name neither task nor a fix
-            raise TaskDataError(f"task {spec.name!r}: could not read `task_source` {source!r} as {fmt}: "
-                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+            root = e
+            while root.__cause__ is not None or root.__context__ is not None:  # the parser's own reason
+                root = root.__cause__ or root.__context__
+            text = str(root).splitlines()[0][:240] if str(root) else ""
+            raise TaskDataError(f"task {spec.name!r}: could not read `task_source` {source!r} as {fmt} (every "
+                                f"split file must have the same columns and types): {type(root).__name__}: {text}") from None
     try:
         return datasets.load_dataset(source)
     except Exception as e:  # offline: OfflineModeIsEnabled / ConnectionError
