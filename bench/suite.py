@@ -218,7 +218,7 @@ def _machine_problems(train: TrainConfig) -> list[str]:
         probe.unlink()
     except OSError as e:
         out.append(f"the cache $PEFT_BENCH_CACHE ({os.environ.get('PEFT_BENCH_CACHE', '~/.cache/peft-bench')}) "
-                   f"must be writable: {e.strerror}.")
+                   f"must be a folder this process can write; creating or writing it failed: {e.strerror}.")
     return out
 
 

@@ -248,9 +248,13 @@ def test_a_damaged_store_is_read_around_with_a_warning_naming_file_and_lines(tmp
     assert main(["report", str(store)]) == 0 and "## t" in (store / "README.md").read_text()
     a_records, a_switch, _ = load(store)
     assert "m / t / lora" in compare_markdown(a_records, a_records, "A", "B", a_switch, a_switch)
+    # resume reads the same store: a suite on it runs, and its record joins the valid ones
+    suite = write(tmp_path, TINY + TRAIN)
+    assert main(["run", suite, "--out", str(tmp_path / "out"), "--no-switch"]) == 0
+    assert len(read_records(path, warn=False)) == 3
     with open(path, "ab") as f:
         f.write(b'{"schema_version": 9, "run": {"run_id": "future"}}\n')
-    with pytest.raises(ValueError, match=rf"{path}:10: a record of schema_version 9, newer than this peft-bench"):
+    with pytest.raises(ValueError, match=rf"{path}:11: a record of schema_version 9, newer than this peft-bench"):
         read_records(path)
 
 
