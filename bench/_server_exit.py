@@ -2,7 +2,7 @@
 
 - The server dies with the suite process that started it (Linux ``PR_SET_PDEATHSIG``): a suite
   killed by ``kill -9``, SIGTERM or a crash never leaves its server behind, and every run forked
-  from the server dies with the server (``executor._die_with_parent``). Without this the server
+  from the server dies with the server (``executor.die_with_parent``). Without this the server
   outlived a killed suite (seen: server and run alive under PID 1 thirty seconds later).
 - Ctrl-C is the suite's to handle: the terminal sends SIGINT to the whole process group, and the
   server and its runs ignore it (the suite kills the running run and prints its summary).
@@ -12,16 +12,14 @@
   forked children, which exit through ``os._exit`` themselves and never run these handlers."""
 
 import atexit
-import ctypes
 import os
 import signal
 
+from bench.executor import die_with_parent
+
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the suite died before the line above: PDEATHSIG would never fire
-        os._exit(0)
-except (OSError, AttributeError):  # not Linux/glibc: the forkserver's own EOF check remains
-    pass
+# (not Linux/glibc: the forkserver's own EOF check remains)
+if die_with_parent() and os.getppid() == 1:  # the suite died before that: PDEATHSIG would never fire
+    os._exit(0)
 
 atexit.register(os._exit, 0)

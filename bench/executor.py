@@ -22,16 +22,18 @@ from bench.runner import RunSpec, _run_section, execute
 Mode = Literal["resume", "rerun_failed", "force"]
 
 
-def _die_with_parent() -> None:
-    """Linux: the run dies with the server that forked it (which exits with the suite process),
-    so killing a suite never leaves an orphaned run behind."""
+def die_with_parent() -> bool:
+    """Linux: this process is killed when its parent dies (a run with the server that forked it,
+    the server with the suite process: see bench/_server_exit.py), so killing a suite never leaves
+    a server or a run behind. False where unsupported."""
     try:
         import ctypes
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return True
     except (OSError, AttributeError):
-        pass
+        return False
 
 
 def _limit_memory(gb: float | None) -> None:
@@ -47,7 +49,7 @@ def _child(fn, args: tuple, memory_limit_gb: float | None, conn, env: dict[str, 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the suite's: it kills this run itself
-    _die_with_parent()
+    die_with_parent()
     _limit_memory(memory_limit_gb)
     os.environ.update(env or {})  # before any CUDA or thread-pool initialisation in this process
     conn.send(fn(*args))

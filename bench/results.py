@@ -41,11 +41,6 @@ class ResultRecord:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ResultRecord":
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"result schema_version must be {SCHEMA_VERSION}, got {d.get('schema_version')!r}.")
-        return cls(**d)
 
 
 def append_record(path: Path, record: ResultRecord) -> None:
@@ -54,6 +49,8 @@ def append_record(path: Path, record: ResultRecord) -> None:
 
 class StoreWriteError(RuntimeError):
     """A record could not be written whole (disk full, I/O error, read-only store)."""
+
+    reason: str | None = None  # the OS's own words (check_writable)
 
 
 def append_line(path: Path, text: str) -> None:
@@ -88,8 +85,8 @@ def append_line(path: Path, text: str) -> None:
 
 
 def check_writable(folder: Path) -> None:
-    """Refuse, before anything runs, a result folder that cannot be created or written (a file in
-    its place, a read-only disk, no space for a first record): ``StoreWriteError`` naming it."""
+    """Refuse, before anything runs, a folder that cannot be created or written (a file in its
+    place, a read-only disk, no space for a first record): ``StoreWriteError`` naming it."""
     folder = Path(folder)
     probe = folder / f".write-check-{os.getpid()}"
     try:
@@ -104,7 +101,9 @@ def check_writable(folder: Path) -> None:
             os.close(fd)
             probe.unlink(missing_ok=True)
     except OSError as e:
-        raise StoreWriteError(f"the result folder {str(folder)!r} is not writable: {e.strerror}.") from None
+        err = StoreWriteError(f"the result folder {str(folder)!r} is not writable: {e.strerror}.")
+        err.reason = e.strerror
+        raise err from None
 
 
 STATUSES = get_args(Status)

@@ -205,6 +205,7 @@ def _machine_problems(train: TrainConfig) -> list[str]:
     import torch
 
     from bench.artifacts import cache_dir
+    from bench.results import StoreWriteError, check_writable
 
     out = []
     if not torch.cuda.is_available():
@@ -213,12 +214,11 @@ def _machine_problems(train: TrainConfig) -> list[str]:
         if train.mixed_precision == "fp16":
             out.append("`train.mixed_precision` 'fp16' needs a CUDA device; on this CPU use 'bf16' or 'no'.")
     try:
-        probe = cache_dir() / f".write-check-{os.getpid()}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as e:
+        check_writable(cache_dir())
+    except (StoreWriteError, OSError) as e:  # (cache_dir() itself may fail to create it)
+        reason = e.reason if isinstance(e, StoreWriteError) else e.strerror
         out.append(f"the cache $PEFT_BENCH_CACHE ({os.environ.get('PEFT_BENCH_CACHE', '~/.cache/peft-bench')}) "
-                   f"must be a folder this process can write; creating or writing it failed: {e.strerror}.")
+                   f"must be a folder this process can write; creating or writing it failed: {reason}.")
     return out
 
 
