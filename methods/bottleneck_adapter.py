@@ -23,9 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bench.config import check, opt
-from bench.method import Method, MethodConfig, ModelContext, assert_safetensors_only, freeze
-from bench.registry import register_method
+from peft_bench import (
+    Method, MethodConfig, ModelContext, assert_safetensors_only, check, freeze, opt,
+    register_method,
+)
 
 # (attention output projection, feed-forward output projection) per architecture, as regexes
 TARGETS = {

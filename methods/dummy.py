@@ -15,9 +15,8 @@ from typing import Literal
 
 import torch
 
-from bench.config import check, opt
-from bench.registry import register_method
-from methods.lora import LoraConfig, LoraMethod
+from peft_bench import check, opt, register_method
+from peft_bench.methods.lora import LoraConfig, LoraMethod
 
 
 @dataclass

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from torch import nn
 
-from bench.config import opt
-from bench.method import Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only
-from bench.registry import register_method
+from peft_bench import (
+    Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only, opt,
+    register_method,
+)
 
 
 @dataclass

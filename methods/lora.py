@@ -6,10 +6,7 @@ from dataclasses import dataclass
 
 from peft import LoraConfig as PeftLoraConfig
 
-from bench.config import check, opt
-from bench.method import MethodConfig, ModelContext
-from bench.registry import register_method
-from methods._peft import PeftMethod, task_type
+from peft_bench import MethodConfig, ModelContext, PeftMethod, check, opt, register_method, task_type
 
 
 @dataclass

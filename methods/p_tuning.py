@@ -10,10 +10,10 @@ from typing import Literal
 
 from peft import PromptEncoderConfig
 
-from bench.config import opt
-from bench.method import ModelContext
-from bench.registry import register_method
-from methods._peft import PeftMethod, VirtualTokenConfig, prompt_bank_forward, task_type
+from peft_bench import (
+    ModelContext, PeftMethod, VirtualTokenConfig, opt, prompt_bank_forward, register_method,
+    task_type,
+)
 
 
 @dataclass

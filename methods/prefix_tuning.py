@@ -6,10 +6,7 @@ from dataclasses import dataclass
 
 from peft import PrefixTuningConfig as PeftPrefixTuningConfig
 
-from bench.config import opt
-from bench.method import ModelContext
-from bench.registry import register_method
-from methods._peft import PeftMethod, VirtualTokenConfig, task_type
+from peft_bench import ModelContext, PeftMethod, VirtualTokenConfig, opt, register_method, task_type
 
 
 @dataclass
@@ -33,7 +30,7 @@ class PrefixTuningMethod(PeftMethod):
                                       encoder_hidden_size=c.encoder_hidden_size)
 
     def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
-        from bench.method import MixedBatchUnsupported
+        from peft_bench.interface.method import MixedBatchUnsupported
 
         raise MixedBatchUnsupported(
             "prefix_tuning: a mixed-task batch needs a per-row key/value prefix in every layer's cache; "

@@ -18,10 +18,10 @@ import torch
 from peft import PromptTuningConfig as PeftPromptTuningConfig
 from peft import PromptTuningInit
 
-from bench.config import check, opt
-from bench.method import ModelContext
-from bench.registry import register_method
-from methods._peft import PeftMethod, VirtualTokenConfig, prompt_bank_forward, task_type
+from peft_bench import (
+    ModelContext, PeftMethod, VirtualTokenConfig, check, opt, prompt_bank_forward,
+    register_method, task_type,
+)
 
 TOP_FREQUENT = 5000
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from bench.method import Method, ModelContext, freeze
-from bench.registry import register_method
+from peft_bench import Method, ModelContext, freeze, register_method
 
 
 @register_method("zero_shot")

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import datasets
 
-from bench.artifacts import PackageArtifact
-from bench.registry import TASKS
-from bench.task import TaskSpec
+from peft_bench import PackageArtifact, TASKS, TaskSpec
 
 
 def read_boolq(folder: Path) -> datasets.DatasetDict:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import datasets
 
-from bench.registry import TASKS
-from bench.task import TaskSpec
+from peft_bench import TASKS, TaskSpec
 
 _WORDS = "the a film plot actor scene story music long short slow fast very quite".split()
 

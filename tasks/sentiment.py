@@ -8,9 +8,7 @@ from pathlib import Path
 
 import datasets
 
-from bench.artifacts import PackageArtifact
-from bench.registry import TASKS
-from bench.task import TaskSpec
+from peft_bench import PackageArtifact, TASKS, TaskSpec
 
 
 def read_rotten_tomatoes(path: Path) -> datasets.Dataset:

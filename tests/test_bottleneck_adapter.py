@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import models
-from bench.runner import prepare
+from peft_bench.assets import models
+from peft_bench.engine.prepare import prepare
 from conftest import tiny_spec
 
 

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from bench.cli import main
+from peft_bench.cli import main
 
 SIX = ["prompt_tuning", "prefix_tuning", "p_tuning", "lora", "bottleneck_adapter", "full_finetune"]
 
@@ -64,13 +64,13 @@ def test_unknown_builtin_suite(capsys):
 
 
 def test_run_resume_and_report(tmp_path, capsys):
-    from bench.results import read_records
+    from peft_bench.results.store import read_records
 
     path = _suite(tmp_path, BASE + 'methods = ["lora", "prompt_tuning"]\n[train]\nsteps = 5\nn_train = 64\nn_test = 32\n')
     out = tmp_path / "out"
     assert main(["run", path, "--out", str(out)]) == 0
     records = read_records(out / "s" / "results.jsonl")
-    assert sorted(r.run["method"] for r in records) == ["lora", "prompt_tuning"]
+    assert sorted(r.run.method for r in records) == ["lora", "prompt_tuning"]
     assert all(r.status == "ok" for r in records)
     capsys.readouterr()
     assert main(["run", path, "--out", str(out)]) == 0  # everything done: nothing re-runs

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from bench.config import ConfigError, TrainConfig, from_dict, parse_overrides
-from bench.registry import METHODS, load_builtin_plugins
+from peft_bench.core.config import ConfigError, TrainConfig, from_dict, parse_overrides
+from peft_bench.core.registry import METHODS, load_builtin_plugins
 
 load_builtin_plugins()
 ALL_METHODS = METHODS.names()

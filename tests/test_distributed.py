@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.config import ConfigError
-from bench.results import read_records
-from bench.runner import RunSpec, evaluate_saved, execute
-from bench.suite import load_suite
+from peft_bench.cli import main
+from peft_bench.core.config import ConfigError
+from peft_bench.results.store import read_records
+from peft_bench.core.spec import RunSpec
+from peft_bench.engine.record import evaluate_saved, execute
+from peft_bench.core.suite import load_suite
 from tests.conftest import tiny_spec
 
 METHODS = ["prompt_tuning", "prefix_tuning", "p_tuning", "lora", "bottleneck_adapter", "full_finetune"]
@@ -60,7 +61,7 @@ def _launch(suite: Path, out: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-           "-m", "bench.cli", "run", str(suite), "--out", str(out)]
+           "-m", "peft_bench.cli", "run", str(suite), "--out", str(out)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -71,7 +72,7 @@ def _tiny_bert_without_dropout(path: Path) -> str:
     2-process run must follow the 1-process one up to float summation order."""
     import dataclasses
 
-    from bench import models
+    from peft_bench.assets import models
 
     spec = models.resolve("tiny-bert")
     models._build_tiny(dataclasses.replace(spec, tiny={**spec.tiny, "hidden_dropout_prob": 0.0,
@@ -89,25 +90,25 @@ def test_two_process_ddp_run_gathers_the_whole_test_split_and_writes_one_record(
     lines = (tmp_path / "out" / "ddp" / "results.jsonl").read_text().splitlines()
     records = read_records(tmp_path / "out" / "ddp" / "results.jsonl")
     assert len(lines) == len(records) == 2 * len(METHODS)  # exactly one record per run
-    assert sorted(r.run["method"] for r in records) == sorted(METHODS * 2)
+    assert sorted(r.run.method for r in records) == sorted(METHODS * 2)
     for rec in records:
         assert rec.status == "ok", rec.error
-        assert rec.env["processes"] == 2 and rec.env["distributed_type"] == "MULTI_CPU"
-        assert len(rec.resources["peak_mem_train_per_process_bytes"]) == 2
-        assert rec.resources["peak_mem_train_bytes"] == max(rec.resources["peak_mem_train_per_process_bytes"])
-        assert rec.run["n_test"] == 67
+        assert rec.env.processes == 2 and rec.env.distributed_type == "MULTI_CPU"
+        assert len(rec.resources.peak_mem_train_per_process_bytes) == 2
+        assert rec.resources.peak_mem_train_bytes == max(rec.resources.peak_mem_train_per_process_bytes)
+        assert rec.run.n_test == 67
         # accuracy over the whole test split == the saved weights evaluated by one process
         spec = RunSpec.from_record(rec.run)
-        single = evaluate_saved(spec, Path(rec.run["artifact_dir"]))
-        assert single["accuracy"]["value"] == rec.metrics["accuracy"]["value"], rec.run["method"]
+        single = evaluate_saved(spec, Path(rec.run.artifact_dir))
+        assert single["accuracy"]["value"] == rec.metrics["accuracy"].value, rec.run.method
         # the same run trained by one process: the same data per step, so the same training
         # (measured: BERT within 1e-7; the causal LM's token-mean loss within 3e-4, since each
         # process averages over its own label tokens)
         alone = execute(spec, tmp_path / "alone")
-        assert alone.env["processes"] == 1
-        assert rec.resources["final_loss"] == pytest.approx(alone.resources["final_loss"], rel=1e-3), rec.run["method"]
-        assert rec.metrics["accuracy"]["value"] == alone.metrics["accuracy"]["value"], rec.run["method"]
-    accs = {r.run["method"]: r.metrics["accuracy"]["value"] for r in records if r.run["model"] == bert}
+        assert alone.env.processes == 1
+        assert rec.resources.final_loss == pytest.approx(alone.resources.final_loss, rel=1e-3), rec.run.method
+        assert rec.metrics["accuracy"].value == alone.metrics["accuracy"].value, rec.run.method
+    accs = {r.run.method: r.metrics["accuracy"].value for r in records if r.run.model == bert}
     # something was learned (the equality above is not the trivial one of a constant prediction)
     assert min(accs["prompt_tuning"], accs["lora"], accs["full_finetune"]) > 0.7, accs
     # a second launch resumes: nothing to run, still one record per run
@@ -121,8 +122,8 @@ def test_accumulation_checkpointing_and_bf16_train_in_one_process(tmp_path):
                      gradient_checkpointing=True, mixed_precision="bf16")
     rec = execute(spec, tmp_path)
     assert rec.status == "ok", rec.error
-    assert rec.resources["train_steps"] == 20 and rec.resources["final_loss"] < rec.resources["first_loss"]
-    assert rec.env["processes"] == 1
+    assert rec.resources.train_steps == 20 and rec.resources.final_loss < rec.resources.first_loss
+    assert rec.env.processes == 1
     # the run id of a default run did not change when these settings were added
     assert tiny_spec("lora").run_id == tiny_spec("lora", gradient_accumulation_steps=1).run_id
     assert tiny_spec("lora").run_id != spec.run_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 import site
 from importlib.metadata import distributions
 
-from bench.environment import LOCK_FILE, environment, lock_mismatches, lock_state, read_lock
+from peft_bench.core.environment import LOCK_FILE, environment, lock_mismatches, lock_state, read_lock
 
 # installed by venv/pip themselves, or this project (installed with --no-deps from the checkout)
 NOT_LOCKED = {"pip", "setuptools", "wheel", "peft-bench"}
@@ -40,18 +40,18 @@ def test_records_carry_the_lock_and_the_report_and_compare_show_it(tmp_path):
 
     import torch
 
-    from bench.compare import compare_markdown
-    from bench.report import lock_summary
+    from peft_bench.results.compare import compare_markdown
+    from peft_bench.results.report import lock_summary
     from tests.test_report import rec
 
     env = environment(torch.device("cpu"))
     assert env["lock"]["sha256"] == hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
     a = [rec("lora", 0, 0.8, 2000), rec("prompt_tuning", 0, 0.7, 100)]
     for r in a:
-        r.env["lock"] = dict(env["lock"])
+        r.env.lock = dict(env["lock"])
     assert f"sha256 `{env['lock']['sha256'][:16]}`: 2 run(s), installed packages match it" in lock_summary(a)
     b = [rec("lora", 0, 0.8, 2000)]
-    b[0].env["lock"] = {"sha256": "f" * 64, "matches": False,
+    b[0].env.lock = {"sha256": "f" * 64, "matches": False,
                         "mismatches": {"transformers": {"locked": "5.23.0", "installed": "5.24.0"}}}
     assert "transformers 5.24.0 (locked 5.23.0)" in lock_summary(b)
     assert "**several locks:**" in lock_summary(a + b)
@@ -61,8 +61,8 @@ def test_records_carry_the_lock_and_the_report_and_compare_show_it(tmp_path):
 
 
 def test_doctor_reads_the_contract_tests_per_method_and_drops_caps(tmp_path):
-    from bench.doctor import parse_junit, requirements
-    from bench.environment import ROOT
+    from peft_bench.cli.doctor import parse_junit, requirements
+    from peft_bench.core.environment import ROOT
 
     junit = tmp_path / "j.xml"
     junit.write_text(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.measurement import MemoryBaseline, MemoryMeter, StepTimer, current_rss, release_memory
+from peft_bench.engine.measurement import MemoryBaseline, MemoryMeter, StepTimer, current_rss, release_memory
 
 
 def test_memory_meter_sees_a_transient_peak_and_each_window_starts_fresh():
@@ -52,8 +52,8 @@ def _big_encoder(path, vocab=40_000, hidden=256):
 def test_loaded_weights_are_resident_so_the_baseline_holds_them(tmp_path):
     """``from_pretrained`` memory-maps safetensors lazily; ``models.load_model`` pages every weight
     in, so RSS right after loading (the baseline) already holds all of them."""
-    from bench import models
-    from bench.measurement import rss_parts
+    from peft_bench.assets import models
+    from peft_bench.engine.measurement import rss_parts
 
     weight_bytes = _big_encoder(tmp_path / "big")
     spec = models.ModelSpec(name="big", kind="encoder", description="", source=str(tmp_path / "big"))

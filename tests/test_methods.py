@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from bench import models
+from peft_bench.assets import models
 from conftest import tiny_spec
 
 PEFT_TRAINABLE = r"prompt_encoder|lora_|\.bank\.default\.|classifier"
@@ -39,7 +39,8 @@ def _ids(case):
 
 @pytest.fixture(scope="module", params=CASES, ids=_ids)
 def trained(request):
-    from bench.runner import prepare, train
+    from peft_bench.engine.prepare import prepare
+    from peft_bench.engine.loop import train
 
     method, model, mcfg, pattern = request.param
     run = prepare(tiny_spec(method, model, method_config=mcfg))
@@ -96,7 +97,7 @@ def test_artifact_reloads_to_identical_outputs(trained, tmp_path):
 
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
 def test_parameter_counts_follow_their_formulas(model):
-    from bench.runner import prepare
+    from peft_bench.engine.prepare import prepare
 
     pt = prepare(tiny_spec("prompt_tuning", model, method_config={"num_virtual_tokens": 7}))
     hidden = pt.model.get_base_model().config.hidden_size

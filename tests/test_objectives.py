@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.objectives import RankClassificationObjective
-from bench.runner import prepare
+from peft_bench.engine.objectives import RankClassificationObjective
+from peft_bench.engine.prepare import prepare
 from conftest import tiny_spec
 
 

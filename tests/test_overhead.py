@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.overhead import markdown, measure
+from peft_bench.studies.overhead import markdown, measure
 from tests.conftest import tiny_spec
 
 
@@ -33,7 +33,7 @@ def test_plain_loop_does_the_same_work_as_the_harness():
 def test_suite_overhead_times_a_suite_and_breaks_the_difference_down(tmp_path):
     import re
 
-    from bench.overhead import suite_overhead
+    from peft_bench.studies.overhead import suite_overhead
 
     suite = tmp_path / "tiny_overhead.toml"
     suite.write_text('models = ["tiny-bert"]\ntasks = ["dummy"]\nmethods = ["lora", "prompt_tuning"]\nseeds = [0]\n'
@@ -64,8 +64,8 @@ def test_suite_overhead_times_a_suite_and_breaks_the_difference_down(tmp_path):
 def test_suite_overhead_names_a_bad_suite_before_timing_anything(tmp_path):
     import pytest
 
-    from bench.overhead import suite_overhead
-    from bench.suite import SuiteError
+    from peft_bench.studies.overhead import suite_overhead
+    from peft_bench.core.suite import SuiteError
 
     with pytest.raises(SuiteError, match="no suite file or built-in suite named 'nosuch'.*Built-in suites: .*quick"):
         suite_overhead("nosuch", log=lambda m: None)

@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.results import read_records
-from bench.suite import load_suite
+from peft_bench.results.store import read_records
+from peft_bench.core.suite import load_suite
 
 ray = pytest.importorskip("ray", reason="the Ray executor is an optional extra: pip install 'peft-bench[ray]'")
 
@@ -86,7 +86,7 @@ def test_ray_suite_survives_killed_workers(tmp_path):
         k.start()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "peft_bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
                            "--executor", "ray", "--no-switch"], env=env, capture_output=True, text=True,
                           timeout=500, cwd=Path(__file__).resolve().parent.parent)
     stop.set()
@@ -97,7 +97,7 @@ def test_ray_suite_survives_killed_workers(tmp_path):
     lines = path.read_text().splitlines()
     records = {r.run_id: r for r in read_records(path)}
     assert len(lines) == 3 and set(records) == {a, b, c}  # nothing lost, nothing duplicated
-    assert records[a].status == "ok" and records[a].resources["executor"] == "ray"
+    assert records[a].status == "ok" and records[a].resources.executor == "ray"
     assert records[c].status == "ok"
     assert records[b].status == "killed" and "died 2 times" in records[b].error
     # the run processes of the killed workers died with them (no orphan training on)
@@ -106,7 +106,7 @@ def test_ray_suite_survives_killed_workers(tmp_path):
         for pid in run_pids:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
     # resume: the killed run is retried with --rerun-failed, the others are not run again
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "peft_bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
                            "--executor", "ray", "--no-switch", "--rerun-failed"], env=env, capture_output=True,
                           text=True, timeout=500, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0 and "1 to run" in proc.stdout, proc.stdout + proc.stderr[-3000:]

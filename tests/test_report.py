@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from bench.aggregate import pareto_front, summarize
-from bench.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, check_claims
-from bench.report import make_table, write_report
-from bench.results import ResultRecord, append_record, read_records
+from peft_bench.results.aggregate import pareto_front, summarize
+from peft_bench.studies.lester import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, check_claims
+from peft_bench.results.report import make_table, write_report
+from peft_bench.results.store import ResultRecord, append_record, read_records
 
 
 def rec(method, seed, acc, trainable, status="ok", config=None, stored=None, mem=3 * 2**20, task="t", model="m",
@@ -135,7 +135,7 @@ def test_report_renders_tables_and_figures(tmp_path):
     from PIL import Image
 
     records = lester_records(LESTER) + [rec("lora", 0, None, 1, status="failed", config={"lr": 9.0})]
-    path = write_report(records, tmp_path, "t", "peftbench report x")
+    path = write_report(records, tmp_path, "t", "peftbench report x", studies=("lester",))
     md = path.read_text()
     tokens, tables, images = _tables_and_images(md)
     blocks = re.findall(r"(?:^\|.*\n)+", md, flags=re.M)
@@ -165,7 +165,7 @@ def test_table_bold_marks_best_and_pareto_in_summary():
 
 
 def test_compare_flags_changes_beyond_the_spread(tmp_path):
-    from bench.cli import main
+    from peft_bench.cli import main
 
     a = lester_records(LESTER)
     changed = dict(LESTER)
@@ -215,7 +215,7 @@ def test_figures_are_drawn_by_workers_in_order_and_redrawn_here_if_a_worker_fail
     import os
     import sys
 
-    from bench import plots
+    from peft_bench.results import plots
 
     jobs = [(_pid_job, (t,)) for t in "abcd"]
     out = plots.draw(jobs)
@@ -229,15 +229,15 @@ def test_figures_are_drawn_by_workers_in_order_and_redrawn_here_if_a_worker_fail
 def test_labels_name_only_the_settings_that_vary_within_a_task():
     """Two tasks have different data (as they always do): no label names it. Two step counts of one
     task are two rows, each labelled by its steps."""
-    from bench.aggregate import variant_labels
+    from peft_bench.results.aggregate import variant_labels
 
     a = rec("lora", 0, 0.8, 2000, task="t1")
     b = rec("lora", 0, 0.9, 2000, task="t2")
     c = rec("lora", 0, 0.7, 2000, task="t1")
     for r, steps, data in ((a, 2, "x"), (b, 2, "y"), (c, 3, "x")):
-        r.run["train"] = {"seed": 0, "steps": steps}
-        r.run["data"] = {"sha256": data * 64}
-    c.run["run_id"] += "-steps3"
+        r.run.train = {"seed": 0, "steps": steps}
+        r.run.data = {"sha256": data * 64}
+    c.run.run_id += "-steps3"
     labels = sorted(variant_labels([a, b, c]).values())
     assert labels == ["lora", "lora (steps=2)", "lora (steps=3)"], labels
 

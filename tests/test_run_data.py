@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from bench import models
-from bench.objectives import objective_for
-from bench.runner import run_data
+from peft_bench.assets import models
+from peft_bench.engine.objectives import objective_for
+from peft_bench.engine.data import run_data
+from peft_bench.engine.prepare import plugins
 from tests.conftest import tiny_spec
 
 
 def _data(spec):
-    _, task = spec.resolved()
+    _, task = plugins(spec)
     mspec = models.resolve(spec.model)
     objective = objective_for(mspec.kind, task, models.load_tokenizer(mspec), spec.train.max_length)
     return run_data(spec, task, models.model_dir(mspec), objective)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import models
-from bench.method import MixedBatchUnsupported
-from bench.runner import prepare
+from peft_bench.assets import models
+from peft_bench.interface.method import MixedBatchUnsupported
+from peft_bench.engine.prepare import prepare
 from conftest import tiny_spec
 
 MIXED = [(m, model) for m in ("prompt_tuning", "p_tuning", "lora", "bottleneck_adapter")
@@ -103,7 +103,7 @@ def slow_forward():
 
 @pytest.mark.parametrize("method_name", ["prompt_tuning", "lora", "bottleneck_adapter", "prefix_tuning", "full_finetune"])
 def test_switch_measurement_and_throughput_on_a_tiny_model(method_name, tmp_path, slow_forward):
-    from bench.serving import Batch, measure_switch, measure_throughput
+    from peft_bench.serving.switching import Batch, measure_switch, measure_throughput
 
     run, method, _ = three_task_server(method_name, "tiny-llama", tmp_path)
     ids, mask, _ = rows_of_different_lengths(run, n=4)
@@ -142,7 +142,7 @@ def test_percentile_is_the_nearest_rank(n):
     """Against numpy's inverted-CDF percentile (the nearest-rank definition)."""
     import numpy as np
 
-    from bench.serving import percentile
+    from peft_bench.serving.switching import percentile
 
     xs = [float(x) for x in np.random.default_rng(n).permutation(n) * 1.5]
     for q in (50, 90, 99, 100):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.results import read_records
-from bench.suite import load_suite
+from peft_bench.cli import main
+from peft_bench.results.store import read_records
+from peft_bench.core.suite import load_suite
 
 TINY = 'models = ["tiny-bert"]\ntasks = ["dummy"]\n'
 TRAIN = "[train]\nsteps = 6\nbatch_size = 8\nn_train = 64\nn_test = 32\n"
@@ -32,7 +32,7 @@ def test_failures_are_results_and_the_suite_goes_on(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", suite, "--out", str(out)]) == 1  # something failed: non-zero exit
     text = capsys.readouterr()
-    status = {r.run["method_config"]["fault"]: r for r in read_records(out / "s" / "results.jsonl")}
+    status = {r.run.method_config["fault"]: r for r in read_records(out / "s" / "results.jsonl")}
     assert {k: v.status for k, v in status.items()} == {
         "none": "ok", "raise": "failed", "nan": "diverged", "kill": "killed", "hang": "timeout", "oom": "oom"}
     assert "injected failure after step 2" in status["raise"].error
@@ -53,7 +53,7 @@ def test_kill_9_of_the_suite_mid_run_loses_nothing_and_resume_finishes(tmp_path)
     results = out / "s" / "results.jsonl"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     # steps=300 makes the second run long enough to be killed in the middle of its training
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", suite, "--out", str(out), "--set", "steps=300"],
+    proc = subprocess.Popen([sys.executable, "-m", "peft_bench.cli", "run", suite, "--out", str(out), "--set", "steps=300"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (results.exists() and len(read_records(results)) >= 1):
@@ -66,16 +66,16 @@ def test_kill_9_of_the_suite_mid_run_loses_nothing_and_resume_finishes(tmp_path)
     # the same suite again (same overrides, so the same run ids): only the missing two run
     assert main(["run", suite, "--out", str(out), "--set", "steps=300"]) == 0
     records = read_records(results)
-    assert sorted(r.run["method"] for r in records) == ["lora", "p_tuning", "prompt_tuning"]
+    assert sorted(r.run.method for r in records) == ["lora", "p_tuning", "prompt_tuning"]
     assert len(results.read_text().splitlines()) == 3  # nothing duplicated
-    assert [r for r in records if r.run["method"] == "lora"][0].run_id == first[0].run_id
+    assert [r for r in records if r.run.method == "lora"][0].run_id == first[0].run_id
 
 
 def test_kill_9_during_result_writing(tmp_path):
     """The writer dies half-way through a record: earlier records stay intact, the torn line is
     not a record, and the next append is whole."""
     from tests.test_report import rec
-    from bench.results import append_record
+    from peft_bench.results.store import append_record
 
     path = tmp_path / "results.jsonl"
     append_record(path, rec("lora", 0, 0.8, 10))
@@ -83,7 +83,7 @@ def test_kill_9_during_result_writing(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
         from tests.test_report import rec
-        import bench.results as results
+        import peft_bench.results.store as results
         real = os.write
         def torn(fd, data):
             real(fd, data[: len(data) // 2])
@@ -125,7 +125,7 @@ def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     suite = write(tmp_path, TINY + 'methods = ["lora"]\nseeds = [0, 1]\n' + TRAIN)
     out = tmp_path / "out"
     assert main(["run", suite, "--out", str(out)]) == 0
-    first = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
+    first = {r.run_id: r.metrics["accuracy"].value for r in read_records(out / "s" / "results.jsonl")}
     report = (out / "s" / "README.md").read_text()
     header = [line for line in report.splitlines() if line.startswith("| method ")][0]
     row = [line for line in report.splitlines() if line.startswith("| lora ")][0]
@@ -137,12 +137,12 @@ def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     assert abs(float(mean) - statistics.fmean(first.values())) < 1e-3 and cells["n"] == "2"
     assert abs(float(std) - statistics.stdev(first.values())) < 1e-3
     assert main(["run", suite, "--out", str(out), "--force"]) == 0
-    again = {r.run_id: r.metrics["accuracy"]["value"] for r in read_records(out / "s" / "results.jsonl")}
+    again = {r.run_id: r.metrics["accuracy"].value for r in read_records(out / "s" / "results.jsonl")}
     assert again == first  # same suite file, same ids, same numbers
 
 
 def test_artifacts_with_pickles_are_refused(tmp_path):
-    from bench.method import assert_safetensors_only
+    from peft_bench.interface.method import assert_safetensors_only
 
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
@@ -204,7 +204,7 @@ def test_editing_a_local_task_file_gives_new_runs(tmp_path, capsys):
     assert load_suite(suite).runs[0].run_id != first
     assert main(["run", suite, "--out", str(out)]) == 0
     records = read_records(out / "s" / "results.jsonl")
-    assert len(records) == 2 and len({r.run["data"]["sha256"] for r in records}) == 2
+    assert len(records) == 2 and len({r.run.data["sha256"] for r in records}) == 2
 
 
 def test_runs_with_different_training_settings_are_separate_rows(tmp_path):

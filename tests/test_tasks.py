@@ -6,8 +6,8 @@ import collections
 
 import pytest
 
-from bench.registry import TASKS, load_builtin_plugins
-from bench.task import TaskDataError, _build_splits, input_key, load_splits, split_overlap
+from peft_bench.core.registry import TASKS, load_builtin_plugins
+from peft_bench.interface.task import TaskDataError, _build_splits, input_key, load_splits, split_overlap
 
 load_builtin_plugins()
 
@@ -32,8 +32,8 @@ def test_task_contract(name):
 
 
 def test_boolq_train_excludes_dev_by_question():
-    from tasks.boolq import read_boolq
-    from bench.artifacts import fetch
+    from peft_bench.tasks.boolq import read_boolq
+    from peft_bench.assets.artifacts import fetch
 
     spec = TASKS.get("boolq")
     raw = read_boolq(fetch(spec.artifact))

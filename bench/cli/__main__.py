@@ -1,0 +1,3 @@
+from peft_bench.cli import entry
+
+entry()

@@ -1,0 +1,199 @@
+"""The commands of ``peftbench`` (one function each; the parser is in ``peft_bench.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from peft_bench.core.config import describe, parse_overrides
+
+DEFAULT_SUITE = "quick"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from peft_bench.assets import models
+    from peft_bench.core.registry import METHODS, MODELS, TASKS, load_builtin_plugins
+    from peft_bench.core.suite import builtin_suites
+
+    load_builtin_plugins()
+    print("methods:")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        print(f"  {name:<20} {cls.description}")
+        if args.configs:
+            for f, t, d, h in describe(cls.config_cls):
+                print(f"      {f} ({t}, default {d!r}): {h}")
+    _broken(METHODS)
+    print("tasks:")
+    for name in TASKS.names():
+        t = TASKS.get(name)
+        print(f"  {name:<20} {t.description}; labels: {', '.join(t.label_words)}; metrics: {', '.join(t.metrics)}")
+    _broken(TASKS)
+    print("models:")
+    for name, desc in models.describe_all():
+        print(f"  {name:<20} {desc}")
+    _broken(MODELS)
+    print("  (or any Hugging Face model id or local model folder)")
+    print("suites:")
+    for s in builtin_suites():
+        print(f"  {s}{' (default)' if s == DEFAULT_SUITE else ''}")
+    return 0
+
+
+def _broken(registry) -> None:
+    for name in sorted(registry.broken):
+        print(f"  {name:<20} BROKEN: cannot be loaded (see the warning above); left out")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peft_bench import api
+    from peft_bench.engine import distributed
+
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    mode = "force" if args.force else "rerun_failed" if args.rerun_failed else "resume"
+    result = api.run(args.suite, args.out, parse_overrides(args.set), mode=mode, executor=args.executor,
+                     isolate=args.isolate, switch=args.switch, timeout_s=args.timeout, shard=args.shard,
+                     dry_run=args.dry_run, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                     gpus_per_run=args.gpus_per_run,
+                     command=("peftbench run " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip(), log=say)
+    if args.dry_run:
+        return 0
+    if result.report_error:
+        print(f"peftbench: error: {result.report_error}", file=sys.stderr)
+    if distributed.is_main():
+        _summary(result.outcome, result.results, say)
+    return result.exit_code
+
+
+def _summary(outcome, results: Path, say) -> None:
+    over = outcome.isolation_overhead_s
+    say(f"suite wall time {outcome.wall_s:.1f} s for {len(outcome.records)} runs"
+        + (f" (process isolation: median {over:.2f} s per run)" if over is not None else "")
+        + f"; results: {results}")
+    by_status: dict[str, int] = {}
+    for r in outcome.records:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    say("summary: " + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "nothing to run")
+        + (" (interrupted)" if outcome.interrupted else ""))
+    for r in outcome.failed:
+        print(f"  {r.status}: {r.run_id}: {(r.error or '').strip().splitlines()[-1] if r.error else ''}", file=sys.stderr)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from peft_bench.results.store import merge_stores
+
+    records, dropped = merge_stores([Path(s) for s in args.sources], Path(args.out))
+    by_status: dict[str, int] = {}
+    for r in records:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    print(f"merged {len(args.sources)} result store(s) into {Path(args.out) / 'results.jsonl'}: {len(records)} runs "
+          f"({', '.join(f'{n} {s}' for s, n in sorted(by_status.items())) or 'none'}); "
+          f"{dropped} duplicate record(s) dropped (an ok record wins, then the later one)")
+    print(f"next: `peftbench report {args.out}`")
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    from peft_bench.serving.suite import run_switch
+    from peft_bench.results.store import read_records
+
+    src = Path(args.results)
+    path = src / "results.jsonl" if src.is_dir() else src
+    if not path.is_file():
+        raise FileNotFoundError(f"`results` must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
+    res = run_switch(read_records(path), path.parent, repeats=args.repeats, force=args.force,
+                     isolate=args.isolate, log=lambda m: print(m, flush=True))
+    print(f"{len(res)} measurement(s) appended to {path.parent / 'switch.jsonl'}; "
+          f"`peftbench report {path.parent}` shows them")
+    return 1 if any(r.get("status") != "ok" for r in res) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from peft_bench.results.report import write_report
+    from peft_bench.results.store import read_json_lines, read_records
+    from peft_bench.core.suite import load_suite
+
+    src = Path(args.results)
+    path = src / "results.jsonl" if src.is_dir() else src
+    if not path.is_file():
+        raise FileNotFoundError(f"`results` must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
+    records = read_records(path)
+    out = Path(args.out) if args.out else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "results.jsonl").resolve() != path.resolve():
+        shutil.copyfile(path, out / "results.jsonl")  # the report folder holds its own records
+        if (path.parent / "switch.jsonl").exists():
+            shutil.copyfile(path.parent / "switch.jsonl", out / "switch.jsonl")
+    suite = records[0].run.suite if records else path.parent.name
+    cmd = f"peftbench report {out / 'results.jsonl'} --out {out}"
+    notes, studies = args.notes, ()
+    if suite:
+        try:  # the suite of the records (a built-in name): its description and its studies
+            spec = load_suite(suite)
+            notes = notes or spec.description + f"\n\nThe records come from `peftbench run {suite}`."
+            studies = spec.studies
+        except ValueError:
+            pass
+    report = write_report(records, out, f"peft-bench report: {suite}", cmd, notes=notes,
+                          switch=read_json_lines(out / "switch.jsonl"), studies=studies)
+    print(report.read_text())
+    print(f"wrote {report}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from peft_bench.results.compare import compare_markdown, load
+
+    a_records, a_switch, a_path = load(args.a)
+    b_records, b_switch, b_path = load(args.b)
+    text = compare_markdown(a_records, b_records, str(a_path), str(b_path), a_switch, b_switch)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from peft_bench.studies.overhead import PLAIN_METHODS, markdown, measure, suite_overhead
+    from peft_bench.core.spec import RunSpec
+    from peft_bench.core.suite import load_suite
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    parts = []
+    if args.suite:
+        parts.append(suite_overhead(args.suite, log=log, sets=args.set))
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in PLAIN_METHODS]
+        if bad:
+            raise ValueError(f"`--methods` must be among {', '.join(PLAIN_METHODS)} (the plain loop's methods), got {bad}.")
+        # the default suite's training settings and method configs, unless overridden
+        base = {(r.method, r.task): r for r in load_suite("quick", parse_overrides(args.set)).runs}
+        specs = {}
+        for m in methods:
+            ref = base.get((m, args.task)) or next(r for r in base.values() if r.method == m)
+            specs[m] = RunSpec(model=args.model, task=args.task, method=m, method_config=ref.method_config,
+                               train=ref.train, suite="bench-overhead")
+        pairs = measure(specs, args.repeats, log=log)
+        parts.append(markdown(pairs, next(iter(specs.values())), args.repeats))
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from peft_bench.cli import doctor
+
+    if args.latest:
+        return doctor.latest(uncapped=args.uncapped, venv=Path(args.venv) if args.venv else None,
+                             log=lambda m: print(m, flush=True))
+    return doctor.check_lock()

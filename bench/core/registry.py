@@ -1,0 +1,132 @@
+"""One generic registry, used for methods, tasks and models.
+
+Plugins register with a decorator (``@register_method("lora")``); packages outside this repository
+are discovered through entry points (group ``peft_bench.methods`` and friends) and loaded lazily,
+the first time a name is looked up or the registry is listed.
+
+A plugin that cannot be loaded (its module is missing, raises on import, ...) fails alone: it is
+reported once, in one line naming its distribution, entry point and error, listed as broken,
+and only looking it up (a suite that names it) is an error; every other name keeps working.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib.metadata import entry_points
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+class Registry(Generic[T]):
+    """A name -> object mapping with duplicate checks, suggestions and entry-point discovery."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._entry_points_loaded = False
+        self.broken: dict[str, str] = {}  # entry-point name -> why it could not be loaded
+
+    # -- registration -------------------------------------------------------------------------
+    def add(self, name: str, obj: T) -> T:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"{self.kind} name must be lowercase letters, digits, '_' or '-' and start with a "
+                f"letter, got {name!r}."
+            )
+        if name in self._items and self._items[name] is not obj:
+            raise KeyError(f"{self.kind} {name!r} is already registered (by {self._items[name]!r}).")
+        self._items[name] = obj
+        return obj
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form: ``@registry.register("name")``."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj)
+            try:
+                obj.name = name  # type: ignore[attr-defined]  # one name everywhere
+            except (AttributeError, TypeError):
+                pass
+            return obj
+
+        return deco
+
+    # -- lookup --------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded or not self.entry_point_group:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name in self._items:
+                continue
+            try:
+                obj = ep.load()  # importing the module usually registers it through the decorator
+                if ep.name not in self._items:
+                    self.add(ep.name, obj)
+            except Exception as e:  # noqa: BLE001 - one broken plugin must not break the others
+                dist = getattr(ep, "dist", None)
+                where = f"{dist.name} {dist.version}" if dist is not None else "an unknown distribution"
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                self.broken[ep.name] = (f"{self.kind} plugin {ep.name!r} (entry point `{ep.name} = {ep.value}` "
+                                        f"in group {self.entry_point_group}, from {where}) cannot be loaded: "
+                                        f"{type(e).__name__}: {first}")
+                print(f"peftbench: warning: {self.broken[ep.name]}; it is left out.", file=sys.stderr)
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            self._load_entry_points()
+        if name not in self._items and name in self.broken:
+            raise KeyError(self.broken[name] + ".")
+        if name not in self._items:
+            from peft_bench.core.config import did_you_mean
+
+            choices = sorted(self._items)
+            raise KeyError(
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, choices)} Valid choices: {', '.join(choices)}."
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        self._load_entry_points()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+METHODS: Registry = Registry("method", entry_point_group="peft_bench.methods")
+TASKS: Registry = Registry("task", entry_point_group="peft_bench.tasks")
+MODELS: Registry = Registry("model", entry_point_group="peft_bench.models")
+
+register_method = METHODS.register
+register_task = TASKS.register
+register_model = MODELS.register
+
+
+BUILTIN_PLUGIN_PACKAGES = ("peft_bench.methods", "peft_bench.tasks")
+BUILTIN_MODELS = "peft_bench.assets.models"  # registers the packaged models
+
+
+def load_builtin_plugins() -> None:
+    """Import the built-in method, task and model modules so that their decorators run (by name:
+    the registry imports no plugin module itself)."""
+    import importlib
+    import pkgutil
+
+    for pkg in map(importlib.import_module, BUILTIN_PLUGIN_PACKAGES):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{pkg.__name__}.{info.name}")
+    importlib.import_module(BUILTIN_MODELS)

@@ -1,0 +1,161 @@
+"""The training loop and evaluation: the same for every method (AdamW, linear schedule, clipping).
+
+bench/ never branches on the method name: methods differ only through their plugin hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Generator
+
+import torch
+
+from peft_bench.engine.measurement import MemoryMeter, StepTimer, compute_metrics, release_memory
+from peft_bench.engine.prepare import Prepared, head_params
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainOutcome:
+    losses: list[float]
+    timer: StepTimer
+    memory: MemoryMeter
+
+
+def train(run: Prepared) -> TrainOutcome:
+    """The training loop: the same for every method (AdamW, linear schedule, clipping).
+
+    One step = ``gradient_accumulation_steps`` micro-batches (gradients synchronised across
+    processes only on the last one), then one optimizer step. The recorded loss of a step is the
+    mean over its examples on all processes.
+    """
+    return run_to_end(train_steps(run))
+
+
+def run_to_end(steps: Generator):
+    """Advance a step generator to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
+    """``train`` one optimizer step at a time: yields each step's index after the step, returns the
+    ``TrainOutcome``. Time spent away from the generator is not counted in any step (the overhead
+    benchmark interleaves the harness's steps with a plain loop's, one by one)."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg, acc, model, objective = run.spec.train, run.accelerator, run.model, run.objective
+    accum = cfg.gradient_accumulation_steps
+    # --- optimizer: AdamW for all; the task head (encoders) trains at `head_lr` for every method --
+    head_ids = head_params(model, run.ctx.head_names)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": run.method.config.lr},
+              {"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.head_lr}]
+    groups = [g for g in groups if g["params"]]
+    local: list[torch.Tensor] = []  # this process's step losses, not yet averaged over processes
+    losses: list[float] = []
+    with MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as timer:
+        if not groups:  # nothing to train (zero-shot baseline)
+            return TrainOutcome([], timer, mem)
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+        model, optimizer, train_dl = acc.prepare(model, optimizer, run.train_dl)
+        run.model = model
+        if acc.num_processes > 1:  # DDP made the weights equal; dropout masks differ per process
+            set_seed(cfg.seed, device_specific=True)  # (seed + process index: unchanged for one)
+        model.train()
+        batches = _cycle(train_dl)
+        bar = tqdm(range(cfg.steps), desc=f"train {run.spec.method} {run.spec.task}", leave=False,
+                   dynamic_ncols=True, disable=None if acc.is_local_main_process else True)
+        for step in bar:
+            step_loss = None
+            for micro in range(accum):
+                batch = next(batches)
+                # DDP: no gradient all-reduce until the step's last micro-batch
+                with contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model):
+                    with acc.autocast():
+                        loss = objective.loss(model, batch) / accum
+                    acc.backward(loss)
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.method.after_step(model)
+            local.append(step_loss)
+            timer.step(cfg.batch_size)
+            yield step
+            timer.resume()  # the clock restarts: what the caller did between two steps is not this loop's
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == cfg.steps:
+                # one host sync (and one all-reduce) per CHECK_EVERY steps, not one per step
+                block = acc.reduce(torch.stack(local), "mean") if acc.num_processes > 1 else torch.stack(local)
+                losses.extend(block.tolist())
+                local.clear()
+                _check_finite(losses, cfg.steps)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        del optimizer, scheduler
+    return TrainOutcome(losses, timer, mem)
+
+
+CHECK_EVERY = 10  # steps between host syncs of the loss (NaN/inf check, progress bar)
+
+
+def _check_finite(losses: list[float], steps: int) -> None:
+    """Raise ``Diverged`` naming the first step whose loss is NaN/inf. The losses are averaged over
+    processes first, so every process of a launch stops at the same step (none is left waiting
+    in a collective). A diverged run wastes at most CHECK_EVERY - 1 steps before it stops."""
+    window = losses[-CHECK_EVERY:]
+    for i, v in enumerate(window):
+        if not math.isfinite(v):
+            raise Diverged(f"loss became {v} at step {len(losses) - len(window) + i + 1} of {steps}.")
+
+
+def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, MemoryMeter]:
+    """Metrics on the held-out test split, in inference mode, with its own memory window. Under a
+    launch each process predicts its slice of every batch and the predictions are gathered (padding
+    duplicates dropped): the metrics are over the whole test split, on every process."""
+    from tqdm.auto import tqdm
+
+    acc = run.accelerator
+    model = acc.unwrap_model(run.model)  # evaluation needs no DDP wrapper (no gradients to sync)
+    for p in model.parameters():
+        p.grad = None
+    acc.free_memory()  # drops accelerate's references to the optimizer and its state
+    release_memory()
+    model.eval()
+    test_dl = acc.prepare(run.test_dl)
+    preds, refs = [], []
+    with torch.inference_mode(), MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as ev:
+        for batch in tqdm(test_dl, desc=f"eval {run.spec.method} {run.spec.task}", leave=False,
+                          dynamic_ncols=True, disable=None if acc.is_local_main_process else True):
+            with acc.autocast():
+                pred = run.objective.predict(model, batch)
+            pred, ref = acc.gather_for_metrics((pred, batch["labels"]))
+            preds.append(pred)
+            refs.append(ref)
+            ev.step(len(ref))
+    predictions, references = torch.cat(preds).tolist(), torch.cat(refs).tolist()
+    return compute_metrics(run.task.metrics, predictions, references), references, ev, mem
+
+
+def _cycle(loader):
+    while True:  # a fresh shuffle every epoch (the sampler's generator is seeded)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:  # never spin on a loader that yields nothing
+            raise RuntimeError("the training loader yields no batch (fewer examples than one batch).")
+
+

@@ -1,0 +1,115 @@
+"""Shared life-cycle of the methods that peft implements (prompt, prefix, P-tuning, LoRA)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+
+from peft_bench.core.config import check, opt
+import torch
+
+from peft_bench.interface.method import Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only
+
+
+@dataclass
+class VirtualTokenConfig(MethodConfig):
+    """Shared by the prompt-learning methods (prompt, prefix and P-tuning)."""
+
+    num_virtual_tokens: int = opt(20, "number of virtual tokens")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.num_virtual_tokens <= 1000, "num_virtual_tokens", "in [1, 1000]", self.num_virtual_tokens)
+        hidden = getattr(self, "encoder_hidden_size", 1)
+        check(hidden > 0, "encoder_hidden_size", "positive", hidden)
+
+
+def task_type(ctx: ModelContext) -> TaskType:
+    return TaskType.CAUSAL_LM if ctx.kind == "causal" else TaskType.SEQ_CLS
+
+
+class PeftMethod(Method):
+    """A method whose artifact is a peft adapter; subclasses only build the peft config."""
+
+    @abc.abstractmethod
+    def peft_config(self, model: nn.Module, ctx: ModelContext) -> PeftConfig:
+        """The peft config for this method on ``model`` (task type from ``task_type(ctx)``)."""
+
+    def init_adapter(self, model: PeftModel, ctx: ModelContext) -> None:
+        """Hook to initialise the fresh adapter's weights (default: peft's own init)."""
+
+    def prepare(self, model: nn.Module, ctx: ModelContext) -> nn.Module:
+        peft_model = get_peft_model(model, self.peft_config(model, ctx))
+        self.init_adapter(peft_model, ctx)
+        return peft_model
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        model.save_pretrained(str(path), safe_serialization=True,
+                              selected_adapters=[model.active_adapter])
+        # peft writes a non-default adapter into a sub-folder: keep one artifact = one folder
+        sub = Path(path) / model.active_adapter
+        if model.active_adapter != "default" and sub.is_dir():
+            for f in sub.iterdir():
+                f.replace(Path(path) / f.name)
+            sub.rmdir()
+
+    def load(self, model: nn.Module, path: Path, ctx: ModelContext, name: str) -> nn.Module:
+        assert_safetensors_only(path)
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+        return self.activate(model, name)
+
+    def activate(self, model: nn.Module, name: str) -> nn.Module:
+        model.set_adapter(name)
+        return model
+
+    def unload(self, model: nn.Module, name: str) -> nn.Module:
+        model.delete_adapter(name)
+        return model
+
+
+def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_names: list[str]):
+    """One forward in which row i gets the soft prompt of adapter ``adapter_names[i]``.
+
+    peft applies the active adapter's prompt to every row and silently ignores ``adapter_names``
+    for prompt-learning methods (wrong rows, no error). Here each row gathers its own prompt from
+    a bank of the loaded adapters' prompts and the batch goes in as ``inputs_embeds``, exactly as
+    peft builds it for one adapter; task heads (encoders) are routed per row by peft's own
+    ``ModulesToSaveWrapper`` mixed-batch path.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    unknown = sorted(set(adapter_names) - set(model.peft_config))
+    if unknown:
+        raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
+    if len(adapter_names) != input_ids.shape[0]:
+        raise ValueError(f"`adapter_names` must have one name per row ({input_ids.shape[0]}), got {len(adapter_names)}.")
+    active = model.active_adapter
+    bank = {}
+    try:
+        for name in dict.fromkeys(adapter_names):
+            model.set_adapter(name)
+            bank[name] = model.get_prompt(batch_size=1)[0]
+    finally:
+        model.set_adapter(active)
+    lengths = {n: p.shape[0] for n, p in bank.items()}
+    if len(set(lengths.values())) > 1:
+        raise MixedBatchUnsupported(f"prompts of different lengths cannot share a batch: {lengths}.")
+    embeds = model.word_embeddings(input_ids)
+    prompts = torch.stack([bank[n] for n in adapter_names]).to(embeds.dtype)
+    mask = torch.cat([torch.ones(prompts.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device),
+                      attention_mask], dim=1)
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kw: (args, {**kw, "adapter_names": adapter_names}),
+                                         with_kwargs=True)
+             for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
+    try:
+        return model.get_base_model()(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=mask)
+    finally:
+        for h in hooks:
+            h.remove()

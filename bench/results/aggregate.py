@@ -1,0 +1,196 @@
+"""Result records pooled over seeds: the one place every table, figure, claim and comparison
+reads its numbers from.
+
+``summarize(records, switch)`` returns a pandas DataFrame with one row per *variant*: the runs that
+finished ok and differ only by their seed (same model, task, method and method config, training
+settings and data), pooled over seeds. Columns:
+
+- identity: ``model``, ``task``, ``method``, ``config`` (dict), ``label`` (method plus the config
+  values and training settings that vary between variants, e.g.
+  ``prompt_tuning (num_virtual_tokens=20)`` or ``lora (steps=200)``), ``key``;
+- ``n``: runs (seeds) pooled; ``steps``: training steps of the runs;
+- per metric M (``accuracy``, ``f1``, ...): ``M`` (mean over seeds), ``M_std`` (sample std over
+  seeds, NaN for one seed), ``M_stderr`` (mean of the runs' standard errors over test examples),
+  ``M_spread`` (``spread``: the std over seeds when there are several, else the standard error);
+- parameters: ``trainable_params``, ``total_params``, ``pct_trainable``, ``trainable_head_params``,
+  ``stored_params``, ``stored_bytes``;
+- resources (mean over seeds, and ``<name>_std``): ``peak_mem_train_bytes``, ``peak_mem_eval_bytes``,
+  ``train_time_s``, ``step_time_median_s``, ``eval_examples_per_s``, ``train_examples_per_s``,
+  ``run_wall_s``;
+- task switching, when measured (``peftbench switch``; medians of the latest measurement that
+  served this variant's runs): ``warm_switch_s`` (activate), ``cold_switch_s`` (load + activate),
+  ``forward_s`` (the forward alone), ``warm_first_output_s`` / ``cold_first_output_s`` (switch +
+  first forward).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+
+import pandas as pd
+
+from peft_bench.results.schema import SWITCH_SCHEMA_VERSION, ResultRecord, RunInfo
+
+PARAM_COLUMNS = ("trainable_params", "total_params", "trainable_head_params", "stored_params", "stored_bytes")
+RESOURCE_COLUMNS = ("peak_mem_train_bytes", "peak_mem_eval_bytes", "train_time_s", "step_time_median_s",
+                    "eval_examples_per_s", "train_examples_per_s", "run_wall_s")
+SWITCH_COLUMNS = {"warm_switch_s": "warm_switch", "cold_switch_s": "cold_switch", "forward_s": "forward",
+                  "warm_first_output_s": "warm_first_output", "cold_first_output_s": "cold_first_output"}
+HIGHER_IS_BETTER_COLUMNS = {"eval_examples_per_s", "train_examples_per_s"}
+
+
+def settings(run: RunInfo) -> dict:
+    """What defines a run besides model, task, method and method config, without its seed: the
+    training settings and the data (its source and fingerprint)."""
+    out = {k: v for k, v in (run.train or {}).items() if k != "seed"}
+    for k in ("task_source", "data"):
+        if getattr(run, k) is not None:
+            out[k] = getattr(run, k)
+    return out
+
+
+def variant_key(run: RunInfo) -> tuple:
+    """Everything that defines a run except its seed: runs with the same key are pooled as seeds."""
+    return (run.model, run.task, run.method, repr(sorted(run.method_config.items())),
+            repr(sorted(settings(run).items())))
+
+
+def group(records: list[ResultRecord]) -> dict[tuple, list[ResultRecord]]:
+    groups: dict[tuple, list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        groups[variant_key(r.run)].append(r)
+    return groups
+
+
+def natural_key(text: str) -> list:
+    """Sort key that puts num_virtual_tokens=5 before =20 before =100."""
+    return [float(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
+
+
+def varying_keys(records: list[ResultRecord]) -> dict[str, list[str]]:
+    """Per method, the config fields whose value differs between its variants (the grid axes)."""
+    configs: dict[str, list[dict]] = defaultdict(list)
+    for recs in group(records).values():
+        configs[recs[0].run.method].append(recs[0].run.method_config)
+    return {m: sorted(k for k in set().union(*cs) if len({repr(c.get(k)) for c in cs}) > 1)
+            for m, cs in configs.items()}
+
+
+def varying_settings(records: list[ResultRecord]) -> dict[str, list[str]]:
+    """Per task (a report's table), the training settings (and data) whose value differs between
+    its variants."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for recs in group(records).values():
+        by_task[recs[0].run.task].append(settings(recs[0].run))
+    return {t: sorted(k for k in set().union(*cs) if len({repr(c.get(k)) for c in cs}) > 1)
+            for t, cs in by_task.items()}
+
+
+def variant_labels(records: list[ResultRecord]) -> dict[tuple, str]:
+    """Row label per variant: the method name, plus the config values that vary between its
+    variants (grids) and the training settings that vary between the variants of its task, e.g.
+    ``prompt_tuning (init=random, num_virtual_tokens=20)``, ``lora (steps=200)``."""
+    varying, varying_set = varying_keys(records), varying_settings(records)
+    labels = {}
+    for key, recs in group(records).items():
+        method, cfg, st = key[2], recs[0].run.method_config, settings(recs[0].run)
+        parts = [f"{k}={cfg.get(k)}" for k in varying.get(method, [])]
+        parts += [f"{k}={_short(st.get(k))}" for k in varying_set.get(key[1], [])]
+        labels[key] = method + (f" ({', '.join(parts)})" if parts else "")
+    return labels
+
+
+def _short(value) -> str:
+    """A setting's value in a label (a data fingerprint by its first characters)."""
+    if isinstance(value, dict) and "sha256" in value:
+        return str(value["sha256"])[:8]
+    return str(value)
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def _std(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+
+def spread(std: float, stderr: float) -> float:
+    """The uncertainty every comparison uses: the std over seeds when there are several seeds,
+    else the standard error over the test examples of the one run (NaN when neither is known)."""
+    return std if not math.isnan(std) else stderr
+
+
+def latest_switch(switch: list[dict] | None) -> list[dict]:
+    """The latest measurement of each group of runs: a re-measurement replaces the earlier one.
+    Measurements of an earlier schema (whose figures meant something else) are left out."""
+    return list({tuple(s.get("run_ids", [])): s for s in (switch or [])
+                 if s.get("schema_version") == SWITCH_SCHEMA_VERSION}.values())
+
+
+def _switch_by_run(switch: list[dict] | None) -> dict[str, dict]:
+    return {rid: s for s in latest_switch(switch) if s.get("status") == "ok" for rid in s.get("run_ids", [])}
+
+
+def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> pd.DataFrame:
+    ok = [r for r in records if r.status == "ok"]
+    labels = variant_labels(ok)
+    by_run = _switch_by_run(switch)
+    rows = []
+    for key, recs in group(ok).items():
+        row: dict = {"model": key[0], "task": key[1], "method": key[2], "key": key,
+                     "config": dict(recs[0].run.method_config), "label": labels[key], "n": len(recs),
+                "steps": (recs[0].run.train or {}).get("steps", math.nan)}
+        for name in sorted({m for r in recs for m in r.metrics}):
+            vals = [r.metrics[name].value for r in recs if name in r.metrics]
+            row[name] = _mean(vals)
+            row[f"{name}_std"] = _std(vals)
+            row[f"{name}_stderr"] = _mean([r.metrics[name].stderr for r in recs if name in r.metrics])
+            row[f"{name}_spread"] = spread(row[f"{name}_std"], row[f"{name}_stderr"])
+        for c in PARAM_COLUMNS:
+            v = getattr(recs[0].params, c)
+            row[c] = math.nan if v is None else v
+        total = row["total_params"]
+        row["pct_trainable"] = 100 * row["trainable_params"] / total if total and not math.isnan(total) else math.nan
+        for c in RESOURCE_COLUMNS:
+            vals = [getattr(r.resources, c) for r in recs]
+            row[c], row[f"{c}_std"] = _mean(vals), _std(vals)
+        sw = [by_run[r.run_id] for r in recs if r.run_id in by_run]
+        for col, name in SWITCH_COLUMNS.items():
+            row[col] = _mean([s[name]["median_s"] for s in sw if name in s])
+        base = [r.baselines.majority_accuracy for r in recs if r.baselines.majority_accuracy is not None]
+        row["majority_accuracy"] = base[0] if base else math.nan
+        rows.append(row)
+    rows.sort(key=lambda r: (str(r["task"]), str(r["model"]), natural_key(r["label"])))
+    return pd.DataFrame(rows)
+
+
+def pareto_front(cost: list[float], value: list[float]) -> list[bool]:
+    """Which points are Pareto-optimal when cost is minimised and value maximised: no other point
+    is at least as good on both and strictly better on one. NaN points are never on the front."""
+    pts = list(zip(cost, value))
+    out = []
+    for i, (c, v) in enumerate(pts):
+        if math.isnan(c) or math.isnan(v):
+            out.append(False)
+            continue
+        dominated = any(j != i and not (math.isnan(c2) or math.isnan(v2)) and c2 <= c and v2 >= v and (c2 < c or v2 > v)
+                        for j, (c2, v2) in enumerate(pts))
+        out.append(not dominated)
+    return out
+
+
+def beats(a: pd.Series, b: pd.Series, metric: str) -> tuple[int, float, float]:
+    """Compare variant a with b on a metric: (+1 a better, -1 b better, 0 within the spread),
+    the difference a - b in the metric's better direction, and the margin it had to clear: the
+    larger of the two variants' spreads (``spread``)."""
+    diff = a[metric] - b[metric]
+    margin = max(a[f"{metric}_spread"], b[f"{metric}_spread"])
+    if math.isnan(margin):
+        margin = 0.0
+    return (1 if diff > margin else -1 if diff < -margin else 0), diff, margin

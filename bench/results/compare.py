@@ -1,0 +1,113 @@
+"""``peftbench compare A B``: a markdown diff of two result sets (two package versions, two
+machines, two commits), variant by variant, from ``peft_bench.results.aggregate.summarize``.
+
+For every variant present in both, and every metric: A, B, the ratio B/A, and a flag when the
+change exceeds the spread. The spread of a metric (accuracy, f1) is ``peft_bench.results.aggregate.spread``;
+of a resource (time, memory, throughput) the std over seeds. A change is flagged when |B - A| is
+more than the larger of the two spreads; with one seed a resource has no spread, and the row says
+so instead of guessing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from peft_bench.results.aggregate import summarize
+from peft_bench.results.report import fmt_bytes, fmt_count, fmt_s
+from peft_bench.results.schema import Env, ResultRecord
+
+# (summary column, title, formatter, spread column or None)
+COMPARED = [
+    ("trainable_params", "trainable params", fmt_count, None),
+    ("stored_bytes", "stored", fmt_bytes, None),
+    ("peak_mem_train_bytes", "peak train mem", fmt_bytes, "peak_mem_train_bytes_std"),
+    ("peak_mem_eval_bytes", "peak eval mem", fmt_bytes, "peak_mem_eval_bytes_std"),
+    ("train_time_s", "train time", fmt_s, "train_time_s_std"),
+    ("step_time_median_s", "step time", fmt_s, "step_time_median_s_std"),
+    ("eval_examples_per_s", "eval examples/s", lambda v: f"{v:.1f}", "eval_examples_per_s_std"),
+]
+
+
+def compare_rows(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[dict], list[str], list[str]]:
+    """Rows of the diff table, and the variants only in A and only in B."""
+    ia = {r["key"]: r for _, r in a.iterrows()} if not a.empty else {}
+    ib = {r["key"]: r for _, r in b.iterrows()} if not b.empty else {}
+    metrics = sorted({c[:-len("_spread")] for df in (a, b) for c in df.columns if c.endswith("_spread")})
+    rows = []
+    for key in sorted(set(ia) & set(ib), key=lambda k: tuple(map(str, k))):
+        ra, rb = ia[key], ib[key]
+        name = f"{ra['model']} / {ra['task']} / {ra['label']}"
+        cols = [(m, m, lambda v: f"{v:.3f}", f"{m}_spread") for m in metrics] + COMPARED
+        for col, title, fmt, spread_col in cols:
+            va, vb = ra.get(col, math.nan), rb.get(col, math.nan)
+            if va is None or vb is None or math.isnan(va) or math.isnan(vb):
+                continue
+            ratio = vb / va if va else math.nan
+            if spread_col is None:  # exact counts: any change is a change
+                flag = "changed" if va != vb else ""
+            else:
+                margin = max(ra.get(spread_col, math.nan), rb.get(spread_col, math.nan))
+                if math.isnan(margin):
+                    flag = "spread unknown (1 seed)"
+                else:
+                    flag = f"beyond spread (±{fmt(margin)})" if abs(vb - va) > margin else ""
+            rows.append({"variant": name, "metric": title, "A": fmt(va), "B": fmt(vb),
+                         "B/A": "—" if math.isnan(ratio) else f"{ratio:.3f}", "flag": f"**{flag}**" if flag.startswith(("beyond", "changed")) else flag})
+    only_a = [f"{k[0]} / {k[1]} / {ia[k]['label']}" for k in ia if k not in ib]
+    only_b = [f"{k[0]} / {k[1]} / {ib[k]['label']}" for k in ib if k not in ia]
+    return rows, only_a, only_b
+
+
+def _env_line(records: list[ResultRecord]) -> str:
+    env = next((r.env for r in records if r.env), Env())
+    pk = (env.packages or {})
+    return (f"{len(records)} runs; device {env.device} ({env.device_name}); commit "
+            f"{str(env.git_commit)[:12]}; " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items()) if v))
+
+
+def _locks(records: list[ResultRecord]) -> set:
+    return {(r.env.lock or {}).get("sha256") for r in records if r.env}
+
+
+def _fmt_locks(locks: set) -> str:
+    return ", ".join(f"`{x[:16]}`" if x else "none" for x in sorted(locks, key=str)) or "none"
+
+
+def compare_markdown(a_records: list[ResultRecord], b_records: list[ResultRecord], a_name: str, b_name: str,
+                     a_switch: list[dict] | None = None, b_switch: list[dict] | None = None) -> str:
+    rows, only_a, only_b = compare_rows(summarize(a_records, a_switch), summarize(b_records, b_switch))
+    flagged = sum(r["flag"].startswith("**") for r in rows)
+    out = [f"# peft-bench comparison: B = {b_name} against A = {a_name}", "",
+           f"- A: `{a_name}`: {_env_line(a_records)}", f"- B: `{b_name}`: {_env_line(b_records)}", "",
+           "Per variant present in both, per metric: B/A, flagged where |B − A| exceeds the larger of the "
+           "two spreads (std over seeds; for accuracy with one seed, the standard error over test "
+           "examples). A resource measured with one seed has no spread: its row says so.", "",
+           f"{flagged} of {len(rows)} figures changed beyond their spread.", ""]
+    la, lb = _locks(a_records), _locks(b_records)
+    if la != lb:
+        out[3:3] = [f"**Different environments:** A was installed from lock(s) {_fmt_locks(la)}, B from "
+                    f"{_fmt_locks(lb)}: differences may come from package versions, not from the code.", ""]
+    if rows:
+        out.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
+                            disable_numparse=True))
+    else:
+        out.append("_no variant ran in both result sets_")
+    for title, names in (("Only in A", only_a), ("Only in B", only_b)):
+        if names:
+            out += ["", f"## {title}", ""] + [f"- {n}" for n in names]
+    return "\n".join(out) + "\n"
+
+
+def load(path: Path) -> tuple[list[ResultRecord], list[dict], Path]:
+    from peft_bench.results.store import read_json_lines, read_records
+
+    p = Path(path)
+    f = p / "results.jsonl" if p.is_dir() else p
+    if not f.is_file():
+        raise FileNotFoundError(f"a result set must be a results.jsonl file or a folder holding one, got {str(p)!r}.")
+    sw = f.parent / "switch.jsonl"
+    return read_records(f), (read_json_lines(sw) if sw.exists() else []), f

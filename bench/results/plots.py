@@ -1,0 +1,254 @@
+"""Report figures (PNG, matplotlib without a display), drawn from ``peft_bench.results.aggregate.summarize``.
+
+Each function takes the summary rows of one task (or the switch rows), writes one PNG into the
+report folder and returns its file name, or None when there is nothing to draw. Error bars are the
+spread of ``peft_bench.results.aggregate.spread``: the std over seeds, or the standard error of one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from peft_bench.results.aggregate import natural_key, pareto_front  # noqa: E402
+
+DPI = 110
+FIGURE_PATTERNS = ("pareto_*.png", "memory_*.png", "grid_*.png", "switch.png")  # what a report draws
+MIB = 2**20
+
+
+def method_colours(methods) -> dict[str, tuple]:
+    """One colour per method, stable across every figure of a report."""
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+
+
+def warm_up() -> None:
+    """Draw a small throwaway figure with the elements of the report's (log axis, error bars,
+    legend, title): it fills matplotlib's font and text-layout caches. ``peftbench run`` calls it
+    while its run server is still importing torch & co (an otherwise idle core), so the report at
+    the end of the suite does not pay for it (~0.4 s here: ``peftbench bench-overhead --suite``)."""
+    import io
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.errorbar([1, 10], [0.5, 0.6], yerr=[0.1, 0.1], fmt="o", capsize=3, label="warm-up")
+    ax.set_xscale("log")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("warm-up", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(io.BytesIO(), format="png", dpi=DPI)
+    plt.close(fig)
+
+
+DRAW_TIMEOUT_S = 120.0  # per report: past it, workers are killed and the figures drawn in-process
+
+
+@dataclass
+class FigureFailed:
+    """A figure that could not be drawn or written (the report says so and goes on)."""
+
+    error: str
+
+
+def _call(job: tuple) -> object:
+    fn, args = job
+    return fn(*args)
+
+
+def _call_here(job: tuple) -> object:
+    """A job drawn in this process: its failure is a ``FigureFailed``, not the report's end."""
+    try:
+        return _call(job)
+    except Exception as e:  # noqa: BLE001 - e.g. a full disk: the markdown is still written
+        plt.close("all")
+        return FigureFailed(f"{getattr(job[0], '__name__', job[0])}: {type(e).__name__}: {e}")
+
+
+def draw(jobs: list[tuple]) -> list:
+    """Run figure jobs ``(plot function, args)`` and return their results in order.
+
+    Drawing (layout and rasterising: text measurement, tick labels) is the whole cost of a report,
+    ~0.35 s a figure here, and figures are independent: with several figures and cores they are
+    drawn by forked workers, which inherit this process's loaded matplotlib and fonts. Linux only
+    (fork); the workers run matplotlib and pandas only, never torch. If a worker dies or the jobs
+    run past ``DRAW_TIMEOUT_S`` the workers are killed and every figure is drawn here instead; a
+    figure that fails here too comes back as a ``FigureFailed`` (the report names it)."""
+    import multiprocessing as mp
+    import os
+    import sys
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if len(jobs) < 2 or cores < 2 or not sys.platform.startswith("linux"):
+        return [_call_here(job) for job in jobs]
+    pool = mp.get_context("fork").Pool(min(len(jobs), cores))
+    try:
+        return pool.map_async(_call, jobs, chunksize=1).get(DRAW_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - a worker failed or hung: the figures are still drawn, here
+        pool.terminate()
+        return [_call_here(job) for job in jobs]
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _save(fig, out_dir: Path, name: str, rect=(0, 0, 1, 1)) -> str:
+    fig.tight_layout(rect=rect)
+    fig.savefig(Path(out_dir) / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def _short(label: str, method: str) -> str:
+    """The variant part of a label (``num_virtual_tokens=20``), or the method for a plain row."""
+    return label[len(method):].strip(" ()") or method
+
+
+def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str | None:
+    """Accuracy against trainable parameters (log x) and against peak training memory, the
+    Pareto frontier (fewer parameters / less memory, higher accuracy) drawn as a dashed line."""
+    if summary.empty or summary[metric].isna().all():
+        return None
+    colours = method_colours(summary["method"])
+    axes_spec = [("trainable_params", "trainable parameters (log scale)", True, 1.0),
+                 ("peak_mem_train_bytes", "peak training memory (MiB)", False, MIB)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, (col, xlabel, logx, scale) in zip(axes, axes_spec):
+        d = summary[summary[col].notna() & summary[metric].notna()]
+        if logx:
+            d = d[d[col] > 0]  # nothing trained (a zero-shot baseline) has no place on a log axis
+        if d.empty:
+            ax.set_visible(False)
+            continue
+        x, y = d[col] / scale, d[metric]
+        for method, part in d.groupby("method"):
+            err = part[f"{metric}_spread"].fillna(0)
+            ax.errorbar(part[col] / scale, part[metric], yerr=err, fmt="o", capsize=3, color=colours[method],
+                        label=method, markersize=7)
+            if len(part) > 1:
+                for _, r in part.iterrows():
+                    ax.annotate(_short(r["label"], method), (r[col] / scale, r[metric]), fontsize=7,
+                                xytext=(4, 3), textcoords="offset points")
+        front = pareto_front(list(x), list(y))
+        fx, fy = zip(*sorted((a, b) for a, b, f in zip(x, y, front) if f))
+        ax.step(fx, fy, where="post", linestyle="--", color="grey", linewidth=1, label="Pareto front")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    legend: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    if not legend:  # nothing to place on either axis (e.g. only an untrained baseline)
+        plt.close(fig)
+        return None
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 7), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"{task}: {metric} against cost (error bars: spread; dashed: Pareto front)", fontsize=10)
+    return _save(fig, out_dir, f"pareto_{_safe(task)}.png", rect=(0, 0.07, 1, 1))
+
+
+def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
+    """Peak memory while training and while evaluating, per variant."""
+    d = summary[summary["peak_mem_train_bytes"].notna() | summary["peak_mem_eval_bytes"].notna()]
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(d) + 2), 4))
+    pos = range(len(d))
+    w = 0.38
+    ax.bar([p - w / 2 for p in pos], d["peak_mem_train_bytes"] / MIB, w, yerr=d["peak_mem_train_bytes_std"].fillna(0) / MIB,
+           capsize=2, label="training", color="tab:blue")
+    ax.bar([p + w / 2 for p in pos], d["peak_mem_eval_bytes"] / MIB, w, yerr=d["peak_mem_eval_bytes_std"].fillna(0) / MIB,
+           capsize=2, label="evaluation", color="tab:orange")
+    ax.set_xticks(list(pos), list(d["label"]), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("peak memory above the prepared model (MiB)")
+    ax.set_title(f"{task}: peak memory", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_dir, f"memory_{_safe(task)}.png")
+
+
+def switch_bars(summary: pd.DataFrame, out_dir: Path) -> str | None:
+    """Task-switch latency per method (log scale): warm and cold switch, and the forward alone."""
+    d = summary[summary["warm_switch_s"].notna()].drop_duplicates(["model", "method", "label"])
+    if d.empty:
+        return None
+    cols = [("warm_switch_s", "warm switch (activate)"), ("cold_switch_s", "cold switch (load + activate)"),
+            ("forward_s", "forward alone (beside, not inside)")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(d) + 2), 4))
+    w = 0.27
+    for i, (col, name) in enumerate(cols):
+        ax.bar([p + (i - 1) * w for p in range(len(d))], d[col] * 1e3, w, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(list(range(len(d))), [f"{r.label}\n({r.model})" for r in d.itertuples()], rotation=20,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("median latency (ms, log scale)")
+    ax.set_title("task switching", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3, which="both")
+    return _save(fig, out_dir, "switch.png")
+
+
+def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str, out_dir: Path,
+               task: str) -> list[str]:
+    """For each grid axis of each method: the metric against that axis, one series per setting of
+    the method's other varying fields (a series needs two points). Numeric axes are lines (log x
+    when they span 20x or more), others bars; error bars are the spread."""
+    names = []
+    for method, keys in sorted(varying.items()):
+        rows = summary[summary["method"] == method]
+        for axis in keys:
+            others = [k for k in keys if k != axis]
+            series: dict[tuple, list] = {}
+            for _, r in rows.iterrows():
+                series.setdefault(tuple(repr(r["config"].get(k)) for k in others), []).append(r)
+            series = {k: v for k, v in series.items() if len(v) > 1}
+            if not series:
+                continue
+            numeric = all(isinstance(r["config"].get(axis), (int, float)) for v in series.values() for r in v)
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for i, (other, pts) in enumerate(sorted(series.items())):
+                name = ", ".join(f"{k}={v.strip(chr(39))}" for k, v in zip(others, other)) or method
+                pts = sorted(pts, key=lambda r: natural_key(str(r["config"].get(axis))))
+                y = [r[metric] for r in pts]
+                err = [0 if math.isnan(r[f"{metric}_spread"]) else r[f"{metric}_spread"] for r in pts]
+                if numeric:
+                    ax.errorbar([r["config"][axis] for r in pts], y, yerr=err, marker="o", capsize=3, label=name)
+                else:
+                    w = 0.8 / len(series)
+                    ax.bar([j + (i - (len(series) - 1) / 2) * w for j in range(len(pts))], y, w, yerr=err, capsize=3,
+                           label=name)
+                    ax.set_xticks(range(len(pts)), [str(r["config"].get(axis)) for r in pts])
+            if numeric:
+                xs = [r["config"][axis] for v in series.values() for r in v]
+                if min(xs) > 0 and max(xs) / min(xs) >= 20:
+                    ax.set_xscale("log")
+            else:
+                lo = min(r[metric] - 3 * (r[f"{metric}_spread"] or 0) for v in series.values() for r in v)
+                ax.set_ylim(bottom=max(0.0, lo))
+            base = summary["majority_accuracy"].dropna()
+            if len(base) and metric == "accuracy":
+                ax.axhline(base.iloc[0], color="grey", linestyle=":", label="majority class")
+            ax.set_xlabel(axis)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{task}: {method}, {metric} by {axis}", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            names.append(_save(fig, out_dir, f"grid_{_safe(task)}_{_safe(method)}_{_safe(axis)}.png"))
+    return names

@@ -1,0 +1,344 @@
+"""Reports from result records alone: tables (``make_table``), figures (``peft_bench.results.plots``), the
+paper-claim checks (``peft_bench.studies.lester``) and ``write_report``, which writes README.md plus PNGs.
+
+Every number comes from ``peft_bench.results.aggregate.summarize``: rows are variants (runs of the same
+model/task/method/config pooled over seeds), plus the majority-class baseline of the task.
+Accuracy shows "mean ± spread": the std over seeds when there are several, else the binomial
+standard error over the test examples. The best value of every ↑/↓ column is in bold.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from peft_bench.results.aggregate import latest_switch, summarize, varying_keys
+from peft_bench.results.store import ResultRecord
+
+
+def fmt_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f} s" if x < 1 else f"{x:.1f} s"
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
+
+
+MEMORY_KINDS = {
+    "cpu_rss_peak": "the kernel's peak RSS (VmHWM, reset at the start of each window) above one baseline: "
+                    "the prepared model with every base weight resident",
+    "cpu_rss_sampled": "peak RSS, sampled every 5 ms, above one baseline: the prepared model with every base "
+                       "weight resident",
+    "cuda_allocated": "torch.cuda.max_memory_allocated above one baseline: the prepared model on the device "
+                      "(reserved memory is in the records too)",
+}
+
+
+def memory_note(records: list[ResultRecord]) -> str:
+    """What the peak-memory columns of these records measure. Records made before the one-baseline
+    change (no ``mem_baseline_bytes``) measured above a post-load RSS that held only part of the
+    memory-mapped base weights: they say so, and are not comparable with later ones."""
+    kind = records[0].resources.peak_mem_kind if records else None
+    old = [r for r in records if r.resources.mem_baseline_bytes is None]
+    if not old:
+        return MEMORY_KINDS.get(kind, str(kind))
+    return (f"peak RSS ({kind}) above the RSS right after loading, which held only part of the memory-mapped "
+            f"base weights ({len(old)} of {len(records)} runs recorded before the one-baseline measurement: "
+            "their memory figures hold a method-dependent share of the base weights and are not comparable "
+            "with later reports)")
+
+
+def _num(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _metric_cell(row: pd.Series, name: str) -> str:
+    if math.isnan(row.get(name, math.nan)):
+        return "—"
+    err = row[f"{name}_spread"]
+    return f"{row[name]:.3f}" + (f" ± {err:.3f}" if not math.isnan(err) else "")
+
+
+def _columns(metric_names: tuple[str, ...], with_switch: bool) -> list[tuple]:
+    """(title, summary column, formatter, which value is best: "max" | "min" | None)."""
+    cols: list[tuple] = [(f"{m} ↑", m, None, "max") for m in metric_names]
+    cols += [
+        ("n", "n", lambda v: f"{int(v)}", None),
+        ("trainable params ↓", "trainable_params", fmt_count, "min"),
+        ("% of total", "pct_trainable", lambda v: f"{v:.3f}%", None),
+        ("of which head", "trainable_head_params", fmt_count, None),
+        ("stored ↓", "stored_bytes", fmt_bytes, "min"),
+        ("peak train mem ↓", "peak_mem_train_bytes", fmt_bytes, "min"),
+        ("peak eval mem ↓", "peak_mem_eval_bytes", fmt_bytes, "min"),
+        ("train time ↓", "train_time_s", fmt_s, "min"),
+        ("step time ↓", "step_time_median_s", fmt_s, "min"),
+    ]
+    if with_switch:
+        cols += [("warm switch ↓", "warm_switch_s", _ms, "min"), ("cold switch ↓", "cold_switch_s", _ms, "min")]
+    return cols
+
+
+def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, ...] = ("accuracy",),
+               switch: list[dict] | None = None) -> str:
+    """Markdown comparison table for one task: one row per variant (successful runs pooled over
+    seeds; failures are listed separately), the best value of each ↑/↓ column in bold (when there
+    are several rows), and the task's majority-class baseline as the last row."""
+    return table_from_summary(summarize([r for r in records if r.run.task == task], switch), metric_names)
+
+
+def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> str:
+    if summary.empty:
+        return "_no successful runs_"
+    cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()))
+    shown = lambda fmt, v: f"{v:.3f}" if fmt is None else fmt(v)  # noqa: E731
+    # the best value, as displayed: values that print the same are tied and all marked
+    best = {title: shown(fmt, summary[col].max() if how == "max" else summary[col].min())
+            for title, col, fmt, how in cols if how and len(summary) > 1 and summary[col].notna().any()}
+    rows = []
+    for _, r in summary.iterrows():
+        row = {"method": r["label"], "model": r["model"]}
+        for title, col, fmt, _ in cols:
+            v = _num(r.get(col))
+            cell = _metric_cell(r, col) if col in metric_names else ("—" if v is None else fmt(v))
+            row[title] = f"**{cell}**" if v is not None and best.get(title) == shown(fmt, v) else cell
+        rows.append(row)
+    base = summary["majority_accuracy"].dropna()
+    if len(base):
+        row = {k: "—" for k in rows[0]}
+        row.update({"method": "majority class (baseline)", "accuracy ↑": f"{base.iloc[0]:.3f}"})
+        rows.append(row)
+    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def _fmt_wall(s: float | None) -> str:
+    return "unknown" if s is None else f"{s:.0f} s ({s / 60:.1f} min)"
+
+
+def _failures(records: list[ResultRecord]) -> str:
+    bad = [r for r in records if r.status != "ok"]
+    if not bad:
+        return ""
+    lines = ["## Runs that did not finish", ""]
+    for r in bad:
+        first = (r.error or "").strip().splitlines()[-1:] or [""]
+        lines.append(f"- `{r.run.run_id}`: **{r.status}** — {first[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def wall_time_s(records: list[ResultRecord]) -> float | None:
+    """From the first run's start to the last run's end (the suite's wall time if run at once)."""
+    from datetime import datetime
+
+    stamps = [(r.run.started_at, r.run.finished_at) for r in records]
+    try:
+        starts = [datetime.strptime(a, "%Y-%m-%dT%H:%M:%S%z") for a, _ in stamps if a]
+        ends = [datetime.strptime(b, "%Y-%m-%dT%H:%M:%S%z") for _, b in stamps if b]
+    except (TypeError, ValueError):
+        return None
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
+
+
+def switch_tables(switch: list[dict]) -> str:
+    """Markdown tables of task-switch latency, serving memory and serving throughput."""
+    ok = [s for s in latest_switch(switch) if s.get("status") == "ok"]
+    if not ok:
+        return ""
+    rows, tput = [], []
+    for s in sorted(ok, key=lambda s: (s["model"], s["method"])):
+        label = s["method"]
+        rows.append({
+            "method": label, "model": s["model"], "tasks": ", ".join(s["tasks"]),
+            "warm switch (median / p90)": f"{_ms(s['warm_switch']['median_s'])} / {_ms(s['warm_switch']['p90_s'])}",
+            "cold switch (median / p90)": f"{_ms(s['cold_switch']['median_s'])} / {_ms(s['cold_switch']['p90_s'])}",
+            "forward alone (median / p90)": f"{_ms(s['forward']['median_s'])} / {_ms(s['forward']['p90_s'])}",
+            "first output, warm / cold": f"{_ms(s['warm_first_output']['median_s'])} / "
+                                         f"{_ms(s['cold_first_output']['median_s'])}",
+            "artifact per task": fmt_bytes(statistics.fmean(v for v in s["artifact_bytes"].values() if v is not None)),
+            "base weights": fmt_bytes(s.get("base_weight_bytes")),
+            f"memory serving {s['n_tasks']} tasks": fmt_bytes(s["serving_mem_bytes"]),
+        })
+        t = s.get("throughput", {})
+        mixed = t.get("mixed_examples_per_s")
+        tput.append({
+            "method": label, "model": s["model"],
+            "one artifact for all (ex/s)": f"{t.get('single_task_examples_per_s', 0):.1f}",
+            "grouped by task, switching (ex/s)": f"{t.get('grouped_examples_per_s', 0):.1f}",
+            "mixed batches (ex/s)": f"{mixed:.1f}" if mixed is not None else "n/a",
+            "mixed / one artifact": f"{t['mixed_over_single']:.2f}" if t.get("mixed_over_single") is not None else "n/a",
+            "why n/a": (t.get("mixed_unsupported") or "").split(": ", 1)[-1] if mixed is None else "",
+        })
+    first = ok[0]
+    head = (f"## Task switching\n\nOne frozen base model serving {first['n_tasks']} tasks ({', '.join(first['tasks'])}); "
+            f"batch of {first['batch_size']} test examples; median and p90 of {first['repeats']} repeats per ordered "
+            f"task pair after {first['warmup']} warm-up rounds (p90: nearest rank), device-synchronised; each figure "
+            f"timed directly, none derived as a difference. Warm switch: making the target task's already loaded "
+            f"artifact active, no forward pass inside. Cold switch: loading its artifact from its saved files and "
+            f"making it active (the OS page cache is {first['page_cache']}: the files were read moments before). "
+            f"Beside them: the forward pass alone, and the time to first output (switch + first forward, timed as "
+            f"one block). Full fine-tuning holds one full model per task. Memory: resident memory of the base model "
+            f"plus all tasks' artifacts over the process before loading ({first['serving_mem_kind']}; every "
+            f"loaded weight made resident, so never less than the base weights).\n\n")
+    table = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    t2 = tabulate(pd.DataFrame(tput), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    tp = first.get("throughput", {})
+    serving = ("## Serving throughput\n\nA stream of "
+               f"{tp.get('requests', '')} requests alternating between the tasks, in batches of "
+               f"{tp.get('batch_size', first['batch_size'])}: (a) mixed batches, each row served by its own task's artifact in one forward "
+               "pass; (b) the same requests grouped by task, switching between groups; (c) the same requests all "
+               f"served by one task's artifact (no switching, no mixing: the baseline). Best of "
+               f"{tp.get('repeats', 3)} passes, the three modes interleaved.\n\n")
+    return head + table + "\n\n" + serving + t2 + "\n"
+
+
+def _header(records: list[ResultRecord], command: str) -> list[str]:
+    ok = [r for r in records if r.status == "ok"]
+    ref = ok[0] if ok else (records[0] if records else None)
+    if ref is None or not ref.env:
+        return []
+    env, tr = ref.env, ref.run.train or {}
+    pk = (env.packages or {})
+    n_test = sorted({(r.run.task, r.run.n_test) for r in ok})
+    return [
+        "| setting | value |", "|---|---|",
+        f"| suite | {', '.join(sorted({str(r.run.suite) for r in records}))} |",
+        f"| models | {', '.join(sorted({r.run.model for r in records}))} |",
+        f"| device | {env.device} ({env.device_name}), {env.torch_threads} torch threads, "
+        f"{env.cpu_count} CPUs |",
+        f"| training | {tr.get('steps')} steps × batch {tr.get('batch_size')}, AdamW, linear warm-up "
+        f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')}, "
+        f"mixed precision {tr.get('mixed_precision')} |",
+        f"| data | up to {tr.get('n_train')} training examples per task; test examples: "
+        + ", ".join(f"{t} {n}" for t, n in n_test) + " |",
+        f"| seeds | {', '.join(map(str, sorted({(r.run.train or {}).get('seed') for r in records})))} |",
+        f"| runs | {len(records)} ({len(ok)} ok); {_fmt_wall(wall_time_s(records))} from the first run's start to the "
+        f"last run's end; the runs' own wall times sum to "
+        f"{_fmt_wall(sum(r.resources.run_wall_s or 0.0 for r in records))} |",
+        "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + f", python {env.python} |",
+        f"| lock | {lock_summary(records)} |",
+        f"| commit | {env.git_commit}{' (dirty)' if env.git_dirty else ''} |",
+        f"| reproduce | `{command}` |", "",
+    ]
+
+
+def lock_summary(records: list[ResultRecord]) -> str:
+    """Which lock file(s) the records' environments were installed from, and whether they matched."""
+    locks: dict[str | None, list[ResultRecord]] = {}
+    for r in records:
+        if r.env:
+            locks.setdefault((r.env.lock or {}).get("sha256"), []).append(r)
+    parts = []
+    for sha, recs in locks.items():
+        if sha is None:
+            parts.append(f"{len(recs)} run(s) with no lock file (environment not pinned)")
+            continue
+        bad = {k: v for r in recs for k, v in ((r.env.lock or {}).get("mismatches") or {}).items()}
+        state = ("installed packages match it" if not bad else "installed packages differ: "
+                 + ", ".join(f"{k} {v.get('installed')} (locked {v.get('locked')})" for k, v in sorted(bad.items())))
+        parts.append(f"`requirements.lock` sha256 `{sha[:16]}`: {len(recs)} run(s), {state}")
+    return ("**several locks:** " if len(locks) > 1 else "") + "; ".join(parts) if parts else "unknown"
+
+
+def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
+                 notes: str = "", switch: list[dict] | None = None, figures: bool = True,
+                 studies: tuple[str, ...] | list[str] = ()) -> Path:
+    """Write ``out_dir/README.md`` and its PNG figures; everything in them comes from ``records``
+    (and the ``switch`` measurements). ``studies``: the sections of the studies the suite opts
+    into (``peft_bench.studies``), after the tables."""
+    from peft_bench.studies import report_section
+
+    from peft_bench.results import plots
+    from peft_bench.core.registry import TASKS, load_builtin_plugins
+
+    load_builtin_plugins()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [p for pat in plots.FIGURE_PATTERNS for p in out_dir.glob(pat) if p.is_file()]:
+        old.unlink()  # figures of an earlier report of this folder that this one may not redraw
+    ok = [r for r in records if r.status == "ok"]
+    summary = summarize(records, switch)
+    varying = varying_keys(ok)
+    lines = [f"# {title}", ""]
+    jobs: list[tuple[int, list]] = []  # (where in `lines` their links go, figures)
+    if notes:
+        lines += [notes, ""]
+    lines += _header(records, command)
+    lines += [
+        "Columns: accuracy on the held-out test split, mean ± spread (the std over seeds, or the binomial "
+        "standard error over test examples for one seed), n = seeds; trainable params = parameters with "
+        "requires_grad while training (for encoders this includes the classification head every method "
+        "trains, shown as 'of which head'); stored = bytes of the saved artifact; peak memory = "
+        + memory_note(ok)
+        + "; step time = median over training steps (first step excluded); switch = median task-switch "
+        "latency when measured (see Task switching). Bold: the best value of a ↑ / ↓ column.", ""]
+    for task in sorted({r.run.task for r in records}):
+        spec = TASKS.get(task) if task in TASKS else None
+        names = spec.metrics if spec else ("accuracy",)
+        rows = summary[summary["task"] == task] if not summary.empty else summary
+        lines += [f"## {task}", ""]
+        if spec:
+            lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
+        lines += [table_from_summary(rows, names), ""]
+        if figures and not rows.empty:
+            # (alt text, or None for the grid's list of figures), drawn below, all together
+            jobs.append((len(lines), [
+                ("Pareto fronts: accuracy against trainable parameters and against peak training memory",
+                 plots.pareto, (rows, names[0], out_dir, task)),
+                ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, task)),
+                (None, plots.grid_plots, (rows, varying, names[0], out_dir, task))]))
+            lines.append("")
+    lines += [report_section(name, summary) for name in studies]
+    if switch:
+        lines.append(switch_tables(switch))
+        if figures and not summary.empty:
+            jobs.append((len(lines), [("Task-switch latency per method, log scale", plots.switch_bars,
+                                       (summary, out_dir))]))
+            lines.append("")
+    lines.append(_failures(records))
+    results = iter(plots.draw([(fn, args) for _, figs in jobs for _, fn, args in figs]))
+    inserts = []
+    for slot, figs in jobs:
+        links = []
+        for alt, _, _ in figs:
+            result = next(results)
+            if isinstance(result, plots.FigureFailed):
+                print(f"peftbench: warning: a figure was not drawn: {result.error}", file=sys.stderr)
+                links.append(f"_(a figure could not be drawn: {result.error})_")
+                continue
+            named = [(alt, result)] if alt is not None else [
+                ("Grid: " + f.removesuffix(".png").replace("_", " "), f) for f in result]
+            links += [f"![{a}]({f})" for a, f in named if f]
+        inserts.append((slot, links))
+    for slot, links in reversed(inserts):  # from the end: earlier slots keep their index
+        lines[slot:slot] = links
+    path = out_dir / "README.md"
+    tmp = out_dir / f".README.md.{os.getpid()}"
+    try:  # whole or not at all: an earlier README stays as it was if this write fails
+        tmp.write_text("\n".join(lines).rstrip() + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
