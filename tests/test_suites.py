@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from peft_bench import load_records, run_suite, summarize
 from peft_bench.cli import main
 from peft_bench.results.store import read_records
 from peft_bench.core.suite import load_suite
@@ -124,8 +125,9 @@ def test_grids_expand_union_and_ids_are_stable(tmp_path):
 def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     suite = write(tmp_path, TINY + 'methods = ["lora"]\nseeds = [0, 1]\n' + TRAIN)
     out = tmp_path / "out"
-    assert main(["run", suite, "--out", str(out)]) == 0
-    first = {r.run_id: r.metrics["accuracy"].value for r in read_records(out / "s" / "results.jsonl")}
+    records = run_suite(suite, out=out)  # the Python API: every record of the store
+    assert records == load_records(out / "s") and len(records) == 2
+    first = {r.run_id: r.metrics["accuracy"].value for r in records}
     report = (out / "s" / "README.md").read_text()
     header = [line for line in report.splitlines() if line.startswith("| method ")][0]
     row = [line for line in report.splitlines() if line.startswith("| lora ")][0]
@@ -136,8 +138,7 @@ def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     assert len(set(first.values())) == 2  # the two seeds differ, so the spread is not trivially 0
     assert abs(float(mean) - statistics.fmean(first.values())) < 1e-3 and cells["n"] == "2"
     assert abs(float(std) - statistics.stdev(first.values())) < 1e-3
-    assert main(["run", suite, "--out", str(out), "--force"]) == 0
-    again = {r.run_id: r.metrics["accuracy"].value for r in read_records(out / "s" / "results.jsonl")}
+    again = {r.run_id: r.metrics["accuracy"].value for r in run_suite(suite, out=out, mode="force")}
     assert again == first  # same suite file, same ids, same numbers
 
 
@@ -211,8 +212,10 @@ def test_runs_with_different_training_settings_are_separate_rows(tmp_path):
     """steps=2 and steps=3 of the same suite are two variants (two rows), not two seeds of one."""
     suite = write(tmp_path, TINY + 'methods = ["lora"]\n' + TRAIN)
     out = tmp_path / "out"
-    assert main(["run", suite, "--out", str(out), "--set", "steps=2", "--no-switch"]) == 0
-    assert main(["run", suite, "--out", str(out), "--set", "steps=3", "--no-switch"]) == 0
+    run_suite(suite, out=out, overrides={"steps": 2}, switch=False)
+    records = run_suite(suite, out=out, overrides=["steps=3"], switch=False)
+    table = summarize(records)  # the table the report is made from
+    assert sorted(table["label"]) == ["lora (steps=2)", "lora (steps=3)"] and list(table["n"]) == [1, 1]
     report = (out / "s" / "README.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| lora")]
     assert [r.split("|")[1].strip() for r in rows] == ["lora (steps=2)", "lora (steps=3)"], rows

@@ -57,7 +57,9 @@ class Registry(Generic[T]):
         return deco
 
     # -- lookup --------------------------------------------------------------------------------
-    def _load_entry_points(self) -> None:
+    def load_entry_points(self, warn: bool = True) -> None:
+        """Load every entry point of the group once; a broken one is recorded in ``broken`` (and,
+        ``warn``, reported in one line on stderr)."""
         if self._entry_points_loaded or not self.entry_point_group:
             return
         self._entry_points_loaded = True
@@ -75,11 +77,12 @@ class Registry(Generic[T]):
                 self.broken[ep.name] = (f"{self.kind} plugin {ep.name!r} (entry point `{ep.name} = {ep.value}` "
                                         f"in group {self.entry_point_group}, from {where}) cannot be loaded: "
                                         f"{type(e).__name__}: {first}")
-                print(f"peftbench: warning: {self.broken[ep.name]}; it is left out.", file=sys.stderr)
+                if warn:
+                    print(f"peftbench: warning: {self.broken[ep.name]}; it is left out.", file=sys.stderr)
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            self._load_entry_points()
+            self.load_entry_points()
         if name not in self._items and name in self.broken:
             raise KeyError(self.broken[name] + ".")
         if name not in self._items:
@@ -92,11 +95,11 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
-        self._load_entry_points()
+        self.load_entry_points()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        self._load_entry_points()
+        self.load_entry_points()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

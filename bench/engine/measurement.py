@@ -3,8 +3,8 @@
 - parameters: ``count_parameters`` (trainable / total / head) and ``stored_size`` (what the saved
   artifact holds: tensor elements in its safetensors files, and bytes on disk of the folder);
 - memory: ``MemoryMeter`` over one ``MemoryBaseline`` (CUDA: max allocated / reserved after a peak
-  reset; CPU: the kernel's peak resident set size), and ``make_resident`` (weights memory-mapped
-  from safetensors count only once they are paged in);
+  reset; CPU: the kernel's peak resident set size), and ``assets.models.make_resident`` (weights
+  memory-mapped from safetensors count only once they are paged in);
 - time: ``StepTimer`` (wall time, median step, examples/s) with device synchronisation;
 - accuracy & co: ``compute_metrics`` through the task's `evaluate` modules, and
   ``majority_baseline``.
@@ -94,29 +94,6 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: RSS may include memory freed earlier
         pass
-
-
-def make_resident(model: nn.Module) -> int:
-    """Page in every CPU parameter and buffer of ``model`` by reading it once; returns their bytes.
-
-    ``from_pretrained`` memory-maps safetensors weights, and a page becomes resident only when it is
-    first read: measured on MiniLM (86.1 MiB of fp32 weights), RSS grows 24 MiB on load, 61 MiB
-    more on the first forward and 44 MiB more once every parameter is touched (the rows of the word
-    embeddings that no input uses stay on disk). A baseline read before that misses a
-    method-dependent share of the base weights, so every model is made resident when loaded."""
-    seen: set[int] = set()
-    total = 0
-    with torch.no_grad():
-        for t in (*model.parameters(), *model.buffers()):
-            if t.device.type != "cpu" or id(t) in seen or not t.numel():
-                continue
-            seen.add(id(t))
-            try:
-                t.detach().sum()  # reads every page of the tensor
-            except (RuntimeError, NotImplementedError):  # a dtype without sum (e.g. quantised)
-                t.detach().clone()
-            total += t.numel() * t.element_size()
-    return total
 
 
 @dataclass

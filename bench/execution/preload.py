@@ -12,6 +12,10 @@ import peft_bench.engine.record  # noqa: F401
 from peft_bench.core.registry import load_builtin_plugins
 
 load_builtin_plugins()
+from peft_bench.core.registry import METHODS, MODELS, TASKS  # noqa: E402
+
+for _registry in (METHODS, TASKS, MODELS):  # outside plugins too, once; the suite process reports broken ones
+    _registry.load_entry_points(warn=False)
 
 import peft_bench.execution.local  # noqa: E402,F401  (children run its functions: the server's copy, not a newer file)
 import peft_bench.serving.suite  # noqa: E402,F401  (switch measurements run its functions)

@@ -13,7 +13,7 @@ One protocol for every method, through the method interface only (``load``, ``ac
   first output (switch + B's first forward, timed as one block) after a warm and a cold switch;
 - memory of serving N tasks at once: resident memory (CUDA: allocated) of the base model plus N
   artifacts (full fine-tuning: N full models) over the process before the base model was loaded.
-  Every loaded model is made resident on load (``measurement.make_resident``), so it can never be
+  Every loaded model is made resident on load (``assets.models.make_resident``), so it can never be
   less than the base weights (``base_weight_bytes``, recorded beside it);
 - throughput of a request stream from several tasks: (a) mixed batches, (b) batches grouped by
   task with a switch between groups, (c) one task only.
