@@ -86,7 +86,7 @@ def test_step_timer_counts_steps_and_examples():
 
 
 def test_step_timer_does_not_count_time_away_between_steps():
-    """A loop driven step by step (``runner.train_steps``) restarts its step clock on ``resume``:
+    """A loop driven step by step (``engine.loop.train_steps``) restarts its step clock on ``resume``:
     what the caller did in between is in the block's total, not in the next step."""
     import time
 

@@ -1,7 +1,7 @@
 """Runs launched on several processes (``accelerate launch``, ``torchrun``): data parallelism (DDP).
 
 The process group is accelerate's (``PartialState``: NCCL on GPUs, gloo on CPUs); this module only
-holds the few helpers the runner and the CLI share, so that a multi-process run means the same as a
+holds the few helpers the engine and the suite runner share, so that a multi-process run means the same as a
 single-process one:
 
 - every process runs the same suite in the same order, in-process (no child per run: the process

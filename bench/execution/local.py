@@ -25,7 +25,7 @@ Mode = Literal["resume", "rerun_failed", "force"]
 
 def die_with_parent() -> bool:
     """Linux: this process is killed when its parent dies (a run with the server that forked it,
-    the server with the suite process: see bench/_server_exit.py), so killing a suite never leaves
+    the server with the suite process: see execution/_server_exit.py), so killing a suite never leaves
     a server or a run behind. False where unsupported."""
     try:
         import ctypes

@@ -258,7 +258,7 @@ def split_overlap(spec: TaskSpec, splits: datasets.DatasetDict) -> dict[str, int
 @functools.lru_cache(maxsize=None)
 def load_metric(name: str):
     """An `evaluate` metric module shipped in bench/metrics (loads offline; once per process, and
-    the forkserver loads them all before forking runs: see bench/preload.py)."""
+    the forkserver loads them all before forking runs: see peft_bench.execution.preload)."""
     import evaluate
 
     path = METRICS_DIR / name

@@ -13,7 +13,7 @@ evaluation, result writing), and the median over pairs of the harness/plain rati
 Whole runs are tens of seconds apart, and on a shared VM the machine's speed drifts by several
 percent between them: the per-step ratio of one pair ranges over 0.93–1.14 here. So the per-step
 time is also measured with the two training loops in lockstep (``lockstep``): the harness's own
-loop (``runner.train_steps``, the generator ``runner.train`` drains) and the plain loop advance one
+loop (``engine.loop.train_steps``, the generator ``engine.loop.train`` drains) and the plain loop advance one
 step each, alternately, so each harness step has a plain step on the same batch within a second.
 
 ``--suite`` measures a whole suite instead: ``peftbench run SUITE --no-switch`` in a fresh
@@ -186,7 +186,7 @@ def harness_run(spec: RunSpec, out_dir: Path) -> dict:
 
 def lockstep(spec: RunSpec, split_dir: str, model_path: str, method_cfg, num_labels: int = 2,
              mean_pooling: bool = True) -> dict:
-    """The harness's training loop (``runner.train_steps`` on a ``runner.prepare``d run) and the plain
+    """The harness's training loop (``engine.loop.train_steps`` on an ``engine.prepare.prepare``d run) and the plain
     loop's, advanced one optimizer step at a time, alternately (H P, P H, ...): consecutive steps of
     the two sides are a fraction of a second apart, so a drift of the machine's speed, which moves
     whole runs by several percent on a shared VM, cancels out of their ratio. Each side keeps its
