@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -148,7 +149,10 @@ def _suite_proc(tmp_path, steps=4000):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "peft_bench.cli", "run", suite, "--out", str(out), "--no-switch",
                              "--set", f"steps={steps}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                            text=True, start_new_session=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                            # as a terminal starts it: Ctrl-C at its default even when these tests run in
+                            # the background of a script (which ignores SIGINT, and children inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the first run trains (its process is a grandchild: suite -> run server -> run)
     deadline = time.time() + 120
     family: list = []
