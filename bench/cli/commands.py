@@ -98,12 +98,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     from peft_bench.serving.suite import run_switch
-    from peft_bench.results.store import read_records
+    from peft_bench.results.store import read_records, store_file
 
-    src = Path(args.results)
-    path = src / "results.jsonl" if src.is_dir() else src
-    if not path.is_file():
-        raise FileNotFoundError(f"`results` must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
+    path = store_file(args.results, "`results`")
     res = run_switch(read_records(path), path.parent, repeats=args.repeats, force=args.force,
                      isolate=args.isolate, log=lambda m: print(m, flush=True))
     print(f"{len(res)} measurement(s) appended to {path.parent / 'switch.jsonl'}; "
@@ -113,13 +110,10 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from peft_bench.results.report import write_report
-    from peft_bench.results.store import read_json_lines, read_records
     from peft_bench.core.suite import load_suite
+    from peft_bench.results.store import read_json_lines, read_records, store_file
 
-    src = Path(args.results)
-    path = src / "results.jsonl" if src.is_dir() else src
-    if not path.is_file():
-        raise FileNotFoundError(f"`results` must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
+    path = store_file(args.results, "`results`")
     records = read_records(path)
     out = Path(args.out) if args.out else path.parent
     out.mkdir(parents=True, exist_ok=True)

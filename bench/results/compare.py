@@ -103,11 +103,8 @@ def compare_markdown(a_records: list[ResultRecord], b_records: list[ResultRecord
 
 
 def load(path: Path) -> tuple[list[ResultRecord], list[dict], Path]:
-    from peft_bench.results.store import read_json_lines, read_records
+    from peft_bench.results.store import read_json_lines, read_records, store_file
 
-    p = Path(path)
-    f = p / "results.jsonl" if p.is_dir() else p
-    if not f.is_file():
-        raise FileNotFoundError(f"a result set must be a results.jsonl file or a folder holding one, got {str(p)!r}.")
+    f = store_file(path, "a result set")
     sw = f.parent / "switch.jsonl"
     return read_records(f), (read_json_lines(sw) if sw.exists() else []), f

@@ -154,12 +154,13 @@ def store_lock(folder: Path):
         os.close(fd)
 
 
-def store_file(path: Path | str) -> Path:
-    """The ``results.jsonl`` of ``path`` (the file itself, or a folder holding one)."""
+def store_file(path: Path | str, what: str = "a result store") -> Path:
+    """The ``results.jsonl`` of ``path`` (the file itself, or a folder holding one); else
+    ``FileNotFoundError`` naming ``what`` was expected and the path given."""
     src = Path(path)
     f = src / "results.jsonl" if src.is_dir() else src
     if not f.is_file():
-        raise FileNotFoundError(f"a result store must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
+        raise FileNotFoundError(f"{what} must be a results.jsonl file or a folder holding one, got {str(src)!r}.")
     return f
 
 
@@ -176,13 +177,7 @@ def merge_stores(sources: list[Path], out_dir: Path) -> tuple[list[ResultRecord]
     leaves the old store whole. ``switch.jsonl`` lines are joined the same way (each line once).
     Returns (the merged records, how many duplicate records were dropped)."""
     out_dir = Path(out_dir)
-    files = []
-    for src in sources:
-        f = Path(src) / "results.jsonl" if Path(src).is_dir() else Path(src)
-        if not f.is_file():
-            raise FileNotFoundError(f"`merge` sources must be results.jsonl files or folders holding one, "
-                                    f"got {str(src)!r}.")
-        files.append(f)
+    files = [store_file(src, "each `merge` source") for src in sources]
     target = out_dir / "results.jsonl"
     if target.is_file() and all(f.resolve() != target.resolve() for f in files):
         files.insert(0, target)
