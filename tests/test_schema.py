@@ -18,20 +18,21 @@ from peft_bench.results.schema import SCHEMA_VERSION, Resources, ResultRecord, R
 from peft_bench.results.store import append_record, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ROOT / "reports" / "quick" / "results.jsonl"
+QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # schema 2
+LESTER = ROOT / "reports" / "lester" / "results.jsonl"  # schema 1, as published
 
 
 def test_published_version_1_records_load_typed_and_write_back_as_version_2(tmp_path):
-    raw = [json.loads(line) for line in QUICK.read_text().splitlines()]
+    raw = [json.loads(line) for line in LESTER.read_text().splitlines()]
     assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 2
-    records = load_records(QUICK.parent)
-    assert len(records) == len(raw) == 12
+    records = load_records(LESTER.parent)
+    assert len(records) == len(raw) == 14
     for d, rec in zip(raw, records):
         assert rec.run_id == d["run"]["run_id"] and rec.run.model == d["run"]["model"]
         assert rec.metrics["accuracy"].value == d["metrics"]["accuracy"]["value"]
         assert rec.resources.step_time_median_s == d["resources"]["step_time_median_s"]
         assert rec.params.stored_bytes == d["params"]["stored_bytes"]
-        assert rec.env.lock["sha256"] == d["env"]["lock"]["sha256"]
+        assert rec.env.git_commit == d["env"]["git_commit"] and rec.env.packages == d["env"]["packages"]
         assert rec.resources.executor is None  # declared since, absent then: null
         for name in ("run", "params", "resources", "baselines", "env"):  # every key they hold is declared
             assert getattr(rec, name).extra == {}, name
@@ -45,7 +46,7 @@ def test_published_version_1_records_load_typed_and_write_back_as_version_2(tmp_
 
 
 def test_an_undeclared_key_is_kept_when_read_and_refused_when_written(tmp_path):
-    d = json.loads(QUICK.read_text().splitlines()[0])
+    d = json.loads(LESTER.read_text().splitlines()[0])
     d["resources"]["gpu_temperature_c"] = 71  # written by another tool
     (tmp_path / "results.jsonl").write_text(json.dumps(d) + "\n")
     (rec,) = read_records(tmp_path / "results.jsonl")
