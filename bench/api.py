@@ -181,7 +181,7 @@ def _log_plan(specs, todo, recorded: dict, out: Path, say) -> None:
     """A dry run: every run with its state and, from measured runs, an estimate of its time."""
     from peft_bench.core.paths import CHECKOUT
     from peft_bench.execution.local import estimate_s, known_records
-    from peft_bench.results.report import fmt_s
+    from peft_bench.results.units import fmt_s
 
     known = known_records(out, CHECKOUT / "reports")
     total, unknown = 0.0, 0

@@ -2,9 +2,13 @@
 
 Inits: ``class_label`` (the paper's best, which peft lacks: virtual token i starts as the embedding of
 label word i, averaged over its sub-tokens; tokens past the number of labels start as embeddings
-sampled among the 5,000 most frequent tokens of the task's training text), ``text`` (peft: the
-tokens of ``init_text``, repeated), ``sample_vocab`` (peft: embeddings of random vocabulary tokens)
-and ``random`` (uniform in [-0.5, 0.5], as in the paper; peft's own RANDOM is N(0, 1)).
+sampled among the 5,000 most frequent tokens of the task's training text), ``sample_frequent``
+(the paper's sampled vocabulary: every virtual token the embedding of a token drawn uniformly from
+the 5,000 most frequent; the paper ranked T5's vocabulary by its pretraining corpus, which is not
+available offline, so the frequencies are counted on the task's training text), ``text`` (peft:
+the tokens of ``init_text``, repeated), ``sample_vocab`` (peft: embeddings of tokens drawn from
+the whole vocabulary) and ``random`` (uniform in [-0.5, 0.5], as in the paper; peft's own RANDOM
+is N(0, 1)).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ TOP_FREQUENT = 5000
 class PromptTuningConfig(VirtualTokenConfig):
     lr: float = opt(3e-2, "peak learning rate of the soft prompt (far higher than full fine-tuning)")
     num_virtual_tokens: int = opt(20, "soft-prompt length in tokens (paper: 1-150, little gain past 20)")
-    init: Literal["class_label", "text", "sample_vocab", "random"] = opt(
-        "class_label", "how the soft prompt starts: class_label | text | sample_vocab | random")
+    init: Literal["class_label", "sample_frequent", "text", "sample_vocab", "random"] = opt(
+        "class_label", "how the soft prompt starts: class_label (label-word embeddings) | sample_frequent (the "
+                       "paper's: tokens drawn from the 5,000 most frequent) | text | sample_vocab (peft's: drawn from "
+                       "the whole vocabulary) | random (uniform in [-0.5, 0.5])")
     init_text: str = opt("Classify the text into one of the labels.", "text for init='text'")
 
     def __post_init__(self) -> None:
@@ -53,6 +59,14 @@ def frequent_token_ids(ctx: ModelContext, k: int = TOP_FREQUENT) -> list[int]:
     return ranked[:k]
 
 
+def sample_frequent(embeddings: torch.Tensor, ctx: ModelContext, n_tokens: int) -> list[torch.Tensor]:
+    """Embeddings of ``n_tokens`` tokens drawn uniformly (with replacement) from the most frequent."""
+    if n_tokens <= 0:
+        return []
+    pool = torch.tensor(frequent_token_ids(ctx), dtype=torch.long)
+    return list(embeddings[pool[torch.randint(len(pool), (n_tokens,))]])
+
+
 def class_label_init(embeddings: torch.Tensor, ctx: ModelContext, n_tokens: int) -> torch.Tensor:
     """(n_tokens, hidden) initial prompt: label-word embeddings, then frequent-token embeddings."""
     prefix = ctx.task.target_prefix if ctx.kind == "causal" else ""
@@ -60,12 +74,7 @@ def class_label_init(embeddings: torch.Tensor, ctx: ModelContext, n_tokens: int)
     for word in ctx.task.label_words[:n_tokens]:
         ids = ctx.tokenizer(prefix + word, add_special_tokens=False)["input_ids"]
         rows.append(embeddings[ids].mean(dim=0))  # multi-token label: mean of its sub-tokens
-    extra = n_tokens - len(rows)
-    if extra > 0:
-        pool = torch.tensor(frequent_token_ids(ctx), dtype=torch.long)
-        pick = pool[torch.randint(len(pool), (extra,))]
-        rows.extend(embeddings[pick])
-    return torch.stack(rows)
+    return torch.stack(rows + sample_frequent(embeddings, ctx, n_tokens - len(rows)))
 
 
 @register_method("prompt_tuning")
@@ -91,9 +100,11 @@ class PromptTuningMethod(PeftMethod):
         with torch.no_grad():
             if self.config.init == "random":
                 weight.uniform_(-0.5, 0.5)
-            elif self.config.init == "class_label":
-                emb = model.get_base_model().get_input_embeddings().weight
-                weight.copy_(class_label_init(emb.detach(), ctx, weight.shape[0]))
+            elif self.config.init in ("class_label", "sample_frequent"):
+                emb = model.get_base_model().get_input_embeddings().weight.detach()
+                n = weight.shape[0]
+                weight.copy_(class_label_init(emb, ctx, n) if self.config.init == "class_label"
+                             else torch.stack(sample_frequent(emb, ctx, n)))
 
     def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
         return prompt_bank_forward(model, input_ids, attention_mask, adapter_names)

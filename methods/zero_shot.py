@@ -17,6 +17,7 @@ from peft_bench import Method, ModelContext, freeze, register_method
 @register_method("zero_shot")
 class ZeroShotMethod(Method):
     description = "baseline: the frozen base model, untrained (0 steps)"
+    trains = False
 
     def prepare(self, model: nn.Module, ctx: ModelContext) -> nn.Module:
         freeze(model)

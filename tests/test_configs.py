@@ -36,7 +36,7 @@ def test_wrong_type_and_range(name):
 
 
 @pytest.mark.parametrize("method,data,message", [
-    ("prompt_tuning", {"init": "vocab"}, r"`init` must be one of 'class_label', 'text', 'sample_vocab', 'random', got 'vocab'\. Did you mean 'sample_vocab'"),
+    ("prompt_tuning", {"init": "vocab"}, r"`init` must be one of 'class_label', 'sample_frequent', 'text', 'sample_vocab', 'random', got 'vocab'\. Did you mean 'sample_vocab'"),
     ("prompt_tuning", {"num_virtual_tokens": 0}, r"`num_virtual_tokens` must be in \[1, 1000\], got 0"),
     ("prompt_tuning", {"num_virtual_tokens": 2.5}, r"`num_virtual_tokens` must be an integer, got 2.5"),
     ("lora", {"r": 0}, r"`r` must be a positive integer, got 0"),

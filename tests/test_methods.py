@@ -20,6 +20,7 @@ CASES = [  # (method, model, method_config, regex of parameter names that must t
     ("prompt_tuning", "tiny-llama", {"init": "random"}, PEFT_TRAINABLE),
     ("prompt_tuning", "tiny-llama", {"init": "text", "num_virtual_tokens": 4}, PEFT_TRAINABLE),
     ("prompt_tuning", "tiny-bert", {"init": "sample_vocab"}, PEFT_TRAINABLE),
+    ("prompt_tuning", "tiny-llama", {"init": "sample_frequent"}, PEFT_TRAINABLE),
     ("prefix_tuning", "tiny-bert", {"projection": True}, PEFT_TRAINABLE),
     ("prefix_tuning", "tiny-llama", {"projection": False}, PEFT_TRAINABLE),
     ("p_tuning", "tiny-bert", {}, PEFT_TRAINABLE),

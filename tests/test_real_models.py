@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from peft_bench.cli import main
+from peft_bench.results.predictions import read_predictions
 from peft_bench.results.store import read_records
 
 
@@ -17,26 +18,31 @@ def test_minilm_whole_pipeline_through_the_cli(tmp_path):
     assert rec.status == "ok"
     # the recorded accuracy is what the saved artifact gives, computed here independently: each
     # test example alone (no batching, no length sorting), through the plain model's logits
-    assert rec.metrics["accuracy"].value == _accuracy_by_hand(rec)
+    by_hand = _predictions_by_hand(rec)
+    assert rec.metrics["accuracy"].value == sum(g == p for g, p in by_hand.values()) / len(by_hand)
+    # ... and so are the per-example predictions written beside the store, example by example
+    saved = read_predictions(rec)
+    assert {i: (g, p) for i, g, p in zip(saved["ids"], saved["gold"], saved["pred"])} == by_hand
     assert rec.params.total_params > 22_000_000
     assert rec.resources.train_steps == 4 and rec.resources.peak_mem_train_bytes > 0
     assert rec.env.packages["peft"] and rec.run.n_test == 64
     line = json.loads(rec.to_json())
-    assert line["schema_version"] == 2
+    assert line["schema_version"] == 3
     # every key a real run writes is declared by the schema, and every declared key is written
-    for name in ("run", "params", "resources", "baselines", "env"):
+    for name in ("run", "params", "resources", "curves", "baselines", "env"):
         section = getattr(rec, name)
         assert section.extra == {}, (name, section.extra)
         assert set(line[name]) == set(section.keys()), name
 
 
-def _accuracy_by_hand(rec) -> float:
+def _predictions_by_hand(rec) -> dict[str, tuple[int, int]]:
+    """{example id: (gold, predicted)} of the saved artifact, each test example alone."""
     import torch
 
     from peft_bench.assets import models
     from peft_bench.core.registry import METHODS, TASKS
     from peft_bench.engine.prepare import model_context
-    from peft_bench.interface.task import load_splits
+    from peft_bench.interface.task import example_id, load_splits
 
     task = TASKS.get(rec.run.task)
     mspec = models.resolve(rec.run.model)
@@ -44,13 +50,13 @@ def _accuracy_by_hand(rec) -> float:
     method = METHODS.get(rec.run.method)()
     model = method.load(lm.model, rec.run.artifact_dir, model_context(mspec, task, lm.tokenizer), "t").eval()
     rows = load_splits(task)["test"].select(range(rec.run.n_test))
-    right = 0
+    out = {}
     with torch.inference_mode():
         for row in rows:
             enc = lm.tokenizer(row["text"], truncation=True, max_length=rec.run.train["max_length"], return_tensors="pt")
             pred = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.argmax(-1).item()
-            right += pred == row["label"]
-    return right / len(rows)
+            out[example_id(task, row)] = (row["label"], pred)
+    return out
 
 
 def test_smollm2_prompt_tuning_class_label_rank_classification(tmp_path):

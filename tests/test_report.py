@@ -4,46 +4,81 @@ import re
 
 import pytest
 
+import numpy as np
+
 from peft_bench.results.aggregate import pareto_front, summarize
 from peft_bench.studies.lester import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, check_claims
+from peft_bench.results.predictions import write_predictions
 from peft_bench.results.report import make_table, write_report
 from peft_bench.results.store import ResultRecord, append_record, read_records
 
+N_EXAMPLES = 1000
+
+
+def planted(acc: float, seed: int, n: int = N_EXAMPLES, stream: int | None = None) -> np.ndarray:
+    """0/1 correctness with exactly round(acc * n) correct examples. Variants of one ``stream``
+    (default: all) are nested by seed: at each seed the better variant is right on every example
+    the worse one is right on (strongly paired, as methods on one model are); another ``stream``
+    is independent of them."""
+    order = np.random.default_rng([seed] if stream is None else [seed, stream]).permutation(n)
+    out = np.zeros(n, dtype=int)
+    out[order[:round(acc * n)]] = 1
+    return out
+
 
 def rec(method, seed, acc, trainable, status="ok", config=None, stored=None, mem=3 * 2**20, task="t", model="m",
-        step=0.25):
+        step=0.25, root=None, stream=None, val=None, total=1_000_000):
+    """A record; with ``root``, its planted per-example predictions (``planted``) are written into
+    ``root`` (its store folder) and its validation accuracy is ``val`` (default: ``acc``)."""
     config = config or {}
     cid = "-".join(f"{k}{v}" for k, v in sorted(config.items()))
-    return ResultRecord(
-        run={"run_id": f"{model}-{task}-{method}{cid}-{seed}", "model": model, "task": task, "method": method,
-             "method_config": config, "train": {"seed": seed}, "suite": "s"},
+    run_id = f"{model}-{task}-{method}{cid}-{seed}"
+    predictions = None
+    if root is not None and status == "ok":
+        c = planted(acc, seed, stream=stream)
+        ids = [f"e{i}" for i in range(len(c))]
+        predictions = write_predictions(root, run_id, ["no", "yes"], {"test": {
+            "ids": ids, "gold": [1] * len(c), "pred": c.tolist(), "scores": [[0.0, float(x)] for x in c]}})
+        acc = float(c.mean())
+    r = ResultRecord(
+        run={"run_id": run_id, "model": model, "task": task, "method": method,
+             "method_config": config, "train": {"seed": seed}, "suite": "s", "predictions": predictions},
         status=status,
+        validation={"accuracy": {"value": acc if val is None else val}} if status == "ok" else {},
         metrics={"accuracy": {"value": acc, "stderr": 0.01, "higher_is_better": True}} if status == "ok" else {},
-        params={"trainable_params": trainable, "total_params": 1_000_000, "trainable_head_params": 10,
+        params={"trainable_params": trainable, "total_params": total, "trainable_head_params": 10,
                 "stored_params": stored if stored is not None else trainable,
                 "stored_bytes": 4 * (stored if stored is not None else trainable)},
         resources={"peak_mem_train_bytes": mem, "peak_mem_eval_bytes": 2**20, "train_time_s": 12.5,
                    "step_time_median_s": step, "peak_mem_kind": "cpu_rss_sampled"},
         baselines={"majority_accuracy": 0.6},
+        curves={"train_loss": [[1, 0.7], [2, 0.5]], "validation": [{"step": 2, "accuracy": acc}]} if acc else {},
         env={"device": "cpu", "device_name": "test cpu", "torch_threads": 2, "cpu_count": 2, "python": "3.11",
              "packages": {"torch": "2"}, "git_commit": "abc"},
     )
+    r.origin = root
+    return r
 
 
 GOLDEN = """\
-| method                    | model   | accuracy ↑        | n   | trainable params ↓   | % of total   | of which head   | stored ↓   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   |
-|---------------------------|---------|-------------------|-----|----------------------|--------------|-----------------|------------|--------------------|-------------------|----------------|---------------|
-| lora                      | m       | **0.800 ± 0.010** | 1   | 2.00k                | 0.200%       | 10              | 7.8 KiB    | **3.0 MiB**        | **1.0 MiB**       | **12.5 s**     | **0.250 s**   |
-| prompt_tuning             | m       | 0.750 ± 0.071     | 2   | **100**              | 0.010%       | 10              | **400 B**  | **3.0 MiB**        | **1.0 MiB**       | **12.5 s**     | **0.250 s**   |
-| majority class (baseline) | —       | 0.600             | —   | —                    | —            | —               | —          | —                  | —                 | —              | —             |"""
+| method                    | model   | accuracy ↑ [95% CI]      | rank   | validation accuracy   | n   | trainable params ↓   | % of total   | of which head   | stored ↓   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   |
+|---------------------------|---------|--------------------------|--------|-----------------------|-----|----------------------|--------------|-----------------|------------|--------------------|-------------------|----------------|---------------|
+| lora                      | m       | **0.800 [0.777, 0.824]** | 1–2    | 0.800                 | 1   | 2.00k                | 0.200%       | 10              | 7.8 KiB    | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       |
+| prompt_tuning             | m       | **0.750 [0.683, 0.816]** | 1–2    | 0.750                 | 2   | **100**              | 0.010%       | 10              | **400 B**  | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       |
+| majority class (baseline) | —       | 0.600                    | —      | —                     | —   | —                    | —            | —               | —          | —                  | —                 | —              | —             |"""
 
 
-def test_make_table_golden():
-    """Seeds pool into mean ± std (n=2), one seed shows ± its standard error, failures are left
-    out, the best of each ↑/↓ column is bold (ties all bold) and the baseline is the last row."""
-    records = [rec("prompt_tuning", 0, 0.7, 100), rec("prompt_tuning", 1, 0.8, 100), rec("lora", 0, 0.8, 2000),
-               rec("lora", 1, None, 2000, status="failed")]
+def test_make_table_golden(tmp_path):
+    """Seeds pool into the mean with a 95% CI over examples and seeds (the two prompt-tuning seeds
+    differ by .1: a wide interval), failures are left out, and .05 between a one-seed and a
+    two-seed variant is no significant difference: both rank 1-2, both bold. The smallest exact
+    count is bold; time and memory are not ranked; the baseline is the last row."""
+    records = [rec("prompt_tuning", 0, 0.7, 100, root=tmp_path), rec("prompt_tuning", 1, 0.8, 100, root=tmp_path),
+               rec("lora", 0, 0.8, 2000, root=tmp_path), rec("lora", 1, None, 2000, status="failed", root=tmp_path)]
     assert make_table(records, "t") == GOLDEN
+    # without per-example predictions there is no interval and no rank: nothing is bold
+    bare = make_table([rec("prompt_tuning", 0, 0.7, 100), rec("lora", 0, 0.8, 2000)], "t")
+    assert "| 0.800 " in bare and "**0." not in bare
 
 
 def test_records_round_trip_and_torn_line_is_skipped(tmp_path):
@@ -70,23 +105,27 @@ def pt(init="class_label", n=20):
     return {"init": init, "num_virtual_tokens": n, "lr": 0.03}
 
 
-def lester_records(acc: dict[tuple, tuple[float, float]]) -> list[ResultRecord]:
-    """Two seeds per variant with the given accuracies; parameters like SmolLM2-135M's."""
+def lester_records(acc: dict[tuple, tuple[float, float]], root, streams: dict | None = None,
+                   total: int = 134_515_008, model: str = "m") -> list[ResultRecord]:
+    """Two seeds per variant with the given accuracies on 1,000 planted test examples (nested, see
+    ``planted``, unless ``streams`` gives a variant its own); parameters like SmolLM2-135M's."""
     out = []
-    for (method, init, n), (a0, a1) in acc.items():
+    for key, (a0, a1) in acc.items():
+        method, init, n = key
         cfg = pt(init, n) if method == "prompt_tuning" else {"lr": 1e-3}
-        trainable = {"prompt_tuning": 576 * (n or 0), "lora": 460_800, "full_finetune": 134_515_008}[method]
-        out += [rec(method, s, a, trainable, config=cfg, mem=(2 if method == "full_finetune" else 1) * 2**30)
+        trainable = {"prompt_tuning": 576 * (n or 0), "lora": 460_800, "full_finetune": total}[method]
+        out += [rec(method, s, a, trainable, config=cfg, mem=(2 if method == "full_finetune" else 1) * 2**30,
+                    root=root, stream=(streams or {}).get(key), model=model, total=total)
                 for s, a in enumerate((a0, a1))]
     return out
 
 
 LESTER = {
     ("prompt_tuning", "class_label", 20): (0.80, 0.82),
-    ("prompt_tuning", "sample_vocab", 20): (0.74, 0.76),
+    ("prompt_tuning", "sample_frequent", 20): (0.74, 0.76),
     ("prompt_tuning", "random", 20): (0.60, 0.62),
     ("prompt_tuning", "class_label", 1): (0.70, 0.72),
-    ("prompt_tuning", "class_label", 100): (0.81, 0.83),
+    ("prompt_tuning", "class_label", 100): (0.80, 0.82),
     ("lora", None, None): (0.84, 0.86),
     ("full_finetune", None, None): (0.88, 0.90),
 }
@@ -96,28 +135,61 @@ def verdicts(records):
     return {c.id: c.verdict for c in check_claims(summarize(records))}
 
 
-def test_claim_verdicts_follow_the_rule():
-    # std over 2 seeds of (x, x + .02) is .0141: (a) .81 > .75 > .61, (b) 20 beats 1 by .10 and
-    # 100 gains .01 < spread, (c) full FT .89 beats the best prompt .82, (d) 100 tokens = 57,600
-    # parameters: 8x fewer than LoRA's 460,800, short of 10x -> not supported
-    assert verdicts(lester_records(LESTER)) == {"a": SUPPORTED, "b": SUPPORTED, "c": SUPPORTED, "d": NOT_SUPPORTED}
-    # without the 100-token variant every prompt is >= 10x smaller than LoRA and full FT
-    no100 = {k: v for k, v in LESTER.items() if k[2] != 100}
-    assert verdicts(lester_records(no100))["d"] == SUPPORTED
-    assert "b" not in verdicts(lester_records(no100))  # the claim needs 1, 20 and 100 tokens
+def test_claim_verdicts_follow_the_paired_statistics(tmp_path):
+    # nested predictions: (a) .81 ≥ .75 ≥ .61 with tight paired CIs; (b) 20 tokens beat 1 by .10
+    # and 100 tokens predict exactly as 20 (gain 0, CI [0, 0]: non-inferior); (c) full FT .89 beats
+    # the best prompt on validation; (d) 100 tokens = 57,600 parameters: 2,335x fewer than full
+    # fine-tuning, but only 8x fewer than LoRA's 460,800 (d')
+    v = verdicts(lester_records(LESTER, tmp_path))
+    assert v == {"a": SUPPORTED, "b": SUPPORTED, "c": SUPPORTED, "d": SUPPORTED, "d′": NOT_SUPPORTED}, v
+    no100 = {k: x for k, x in LESTER.items() if k[2] != 100}
+    v = verdicts(lester_records(no100, tmp_path / "no100"))
+    assert v["d′"] == SUPPORTED and "b" not in v  # the claim needs 1, 20 and 100 tokens
 
 
-def test_claim_inconclusive_within_the_seed_spread():
+def test_claims_are_inconclusive_when_the_data_cannot_tell(tmp_path):
     noisy = dict(LESTER)
-    noisy[("prompt_tuning", "sample_vocab", 20)] = (0.70, 0.84)  # mean .77, std .099 > .81 - .77
-    noisy[("full_finetune", None, None)] = (0.80, 0.86)  # .83 vs best prompt .82 (100 tokens), std .042
-    v = verdicts(lester_records(noisy))
-    assert v["a"] == INCONCLUSIVE and v["c"] == INCONCLUSIVE
+    noisy[("prompt_tuning", "sample_frequent", 20)] = (0.80, 0.82)  # = class_label, but independent
+    noisy[("full_finetune", None, None)] = (0.81, 0.83)  # +.01 over the best prompt, independent
+    v = verdicts(lester_records(noisy, tmp_path, streams={("prompt_tuning", "sample_frequent", 20): 1,
+                                                          ("full_finetune", None, None): 2}))
+    # independent predictions: a paired CI of about ±.035, wider than the 1-point margin
+    assert v["a"] == INCONCLUSIVE and v["c"] == INCONCLUSIVE, v
     worse = dict(LESTER)
-    worse[("prompt_tuning", "random", 20)] = (0.85, 0.87)  # random beats sampled vocab beyond the spread
+    worse[("prompt_tuning", "random", 20)] = (0.85, 0.87)  # random beats the sampled vocabulary
     worse[("prompt_tuning", "class_label", 100)] = (0.90, 0.92)  # 100 tokens gain .10: not "little"
-    v = verdicts(lester_records(worse))
-    assert v["a"] == NOT_SUPPORTED and v["b"] == NOT_SUPPORTED
+    v = verdicts(lester_records(worse, tmp_path / "worse"))
+    assert v["a"] == NOT_SUPPORTED and v["b"] == NOT_SUPPORTED, v
+
+
+def test_claim_c_chooses_the_prompt_variant_on_validation_not_test(tmp_path):
+    acc = dict(LESTER)
+    records = lester_records(acc, tmp_path)
+    for r in records:  # the 1-token prompt looks best on validation; test says otherwise
+        if r.run.method == "prompt_tuning":
+            tokens = r.run.method_config["num_virtual_tokens"]
+            r.validation["accuracy"].value = 0.95 if tokens == 1 else 0.5
+    claims = {c.id: c for c in check_claims(summarize(records))}
+    assert "num_virtual_tokens=1) (best on validation)" in claims["c"].evidence, claims["c"].evidence
+
+
+def test_claims_without_predictions_are_inconclusive():
+    records = [rec(m, s, a, 100, config=pt(i, n) if m == "prompt_tuning" else {"lr": 1e-3})
+               for (m, i, n), accs in LESTER.items() for s, a in enumerate(accs)]
+    claims = {c.id: c for c in check_claims(summarize(records))}
+    assert claims["a"].verdict == INCONCLUSIVE and "no per-example predictions" in claims["a"].evidence
+
+
+def test_claim_e_gap_shrinks_with_model_size(tmp_path):
+    small = {("prompt_tuning", "class_label", 20): (0.70, 0.72), ("full_finetune", None, None): (0.80, 0.82)}
+    large = {("prompt_tuning", "class_label", 20): (0.80, 0.82), ("full_finetune", None, None): (0.82, 0.84)}
+    records = (lester_records(small, tmp_path, model="smollm2-135m", total=134_515_008)
+               + lester_records(large, tmp_path, model="smollm2-360m", total=361_821_120))
+    claims = {c.id: c for c in check_claims(summarize(records))}
+    assert claims["e"].verdict == SUPPORTED and claims["e"].model == "smollm2-135m, smollm2-360m", claims["e"]
+    flat = lester_records(small, tmp_path / "f", model="smollm2-135m") + lester_records(
+        small, tmp_path / "f", model="smollm2-360m", total=361_821_120)
+    assert {c.id: c.verdict for c in check_claims(summarize(flat))}["e"] == INCONCLUSIVE
 
 
 def _tables_and_images(md: str):
@@ -134,7 +206,7 @@ def test_report_renders_tables_and_figures(tmp_path):
     per row as header cells, every image link names a PNG in the folder of a sane size."""
     from PIL import Image
 
-    records = lester_records(LESTER) + [rec("lora", 0, None, 1, status="failed", config={"lr": 9.0})]
+    records = lester_records(LESTER, tmp_path) + [rec("lora", 0, None, 1, status="failed", config={"lr": 9.0})]
     path = write_report(records, tmp_path, "t", "peftbench report x", studies=("lester",))
     md = path.read_text()
     tokens, tables, images = _tables_and_images(md)
@@ -143,7 +215,7 @@ def test_report_renders_tables_and_figures(tmp_path):
     for block in blocks:
         widths = {len(re.findall(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
         assert len(widths) == 1, block
-    assert {"pareto_t.png", "memory_t.png", "grid_t_prompt_tuning_init.png",
+    assert {"pareto_t.png", "memory_t.png", "curves_t.png", "grid_t_prompt_tuning_init.png",
             "grid_t_prompt_tuning_num_virtual_tokens.png"} <= set(images)
     for src in images:
         with Image.open(tmp_path / src) as im:
@@ -152,26 +224,28 @@ def test_report_renders_tables_and_figures(tmp_path):
     assert "**failed**" in md  # the failed run is listed, not hidden
 
 
-def test_table_bold_marks_best_and_pareto_in_summary():
-    s = summarize(lester_records(LESTER))
-    table = make_table(lester_records(LESTER), "t")
-    assert "| full_finetune" in table and "**0.890 ± 0.014**" in table
+def test_table_bold_marks_best_and_pareto_in_summary(tmp_path):
+    s = summarize(lester_records(LESTER, tmp_path))
+    table = make_table(lester_records(LESTER, tmp_path), "t")
+    row = next(line for line in table.splitlines() if line.startswith("| full_finetune"))
+    assert "**0.890 [" in row and "| 1 " in row  # significantly better than every other variant
+    assert table.count("**0.") == 1  # no other accuracy is bold
     assert "**576**" in table  # 1-token prompt: fewest trainable parameters
     front = pareto_front(list(s["trainable_params"]), list(s["accuracy"]))
     on = set(s.loc[front, "label"])
     assert on == {"prompt_tuning (init=class_label, num_virtual_tokens=1)",
                   "prompt_tuning (init=class_label, num_virtual_tokens=20)",
-                  "prompt_tuning (init=class_label, num_virtual_tokens=100)", "lora", "full_finetune"}
+                  "lora", "full_finetune"}  # 100 tokens: as accurate as 20, with more parameters
 
 
-def test_compare_flags_changes_beyond_the_spread(tmp_path):
+def test_compare_flags_significant_changes_only(tmp_path):
     from peft_bench.cli import main
 
-    a = lester_records(LESTER)
+    a = lester_records(LESTER, tmp_path / "a")
     changed = dict(LESTER)
-    changed[("lora", None, None)] = (0.70, 0.72)  # -.14, spread .014: flagged
-    changed[("full_finetune", None, None)] = (0.885, 0.905)  # +.005: within the spread
-    b = lester_records(changed)
+    changed[("lora", None, None)] = (0.70, 0.72)  # -.14 on the same examples: significant
+    changed[("full_finetune", None, None)] = (0.885, 0.905)  # +.005, independent predictions: noise
+    b = lester_records(changed, tmp_path / "b", streams={("full_finetune", None, None): 3})
     for name, recs in (("a", a), ("b", b)):
         for r in recs:
             append_record(tmp_path / name / "results.jsonl", r)
@@ -179,8 +253,9 @@ def test_compare_flags_changes_beyond_the_spread(tmp_path):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
     md = out.read_text()
     lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in md.splitlines() if line.startswith("| m")}
-    assert "beyond spread" in lines[("m / t / lora", "accuracy")] and "0.835" in lines[("m / t / lora", "accuracy")]
-    assert "beyond" not in lines[("m / t / full_finetune", "accuracy")]
+    assert "**significant (-0.140" in lines[("m / t / lora", "accuracy")], lines[("m / t / lora", "accuracy")]
+    assert "0.835" in lines[("m / t / lora", "accuracy")]
+    assert "no significant change" in lines[("m / t / full_finetune", "accuracy")]
     assert "1.000" in lines[("m / t / lora", "trainable params")]
     _, tables, _ = _tables_and_images(md)
     assert len(tables) == 1

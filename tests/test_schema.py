@@ -18,13 +18,13 @@ from peft_bench.results.schema import SCHEMA_VERSION, Resources, ResultRecord, R
 from peft_bench.results.store import append_record, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # schema 2
+QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # schema 3
 LESTER = ROOT / "reports" / "lester" / "results.jsonl"  # schema 1, as published
 
 
-def test_published_version_1_records_load_typed_and_write_back_as_version_2(tmp_path):
+def test_published_version_1_records_load_typed_and_write_back_as_version_3(tmp_path):
     raw = [json.loads(line) for line in LESTER.read_text().splitlines()]
-    assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 2
+    assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 3
     records = load_records(LESTER.parent)
     assert len(records) == len(raw) == 14
     for d, rec in zip(raw, records):
@@ -38,11 +38,11 @@ def test_published_version_1_records_load_typed_and_write_back_as_version_2(tmp_
             assert getattr(rec, name).extra == {}, name
     append_record(tmp_path / "results.jsonl", records[0])
     line = json.loads((tmp_path / "results.jsonl").read_text())
-    assert line["schema_version"] == 2
+    assert line["schema_version"] == 3 and line["run"]["predictions"] is None and line["validation"] == {}
     assert {k: v for k, v in line["resources"].items() if v is not None} == \
         {k: v for k, v in raw[0]["resources"].items() if v is not None}
     (back,) = read_records(tmp_path / "results.jsonl")
-    assert back.schema_version == 2 and dataclasses.replace(back, schema_version=1) == records[0]
+    assert back.schema_version == 3 and dataclasses.replace(back, schema_version=1) == records[0]
 
 
 def test_an_undeclared_key_is_kept_when_read_and_refused_when_written(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,10 +135,11 @@ def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
     import statistics
 
-    mean, std = cells["accuracy ↑"].split(" ± ")
-    assert len(set(first.values())) == 2  # the two seeds differ, so the spread is not trivially 0
-    assert abs(float(mean) - statistics.fmean(first.values())) < 1e-3 and cells["n"] == "2"
-    assert abs(float(std) - statistics.stdev(first.values())) < 1e-3
+    mean, low, high = map(float, re.match(r"\**([\d.]+) \[([\d.]+), ([\d.]+)\]", cells["accuracy ↑ [95% CI]"]).groups())
+    assert len(set(first.values())) == 2  # the two seeds differ
+    assert abs(mean - statistics.fmean(first.values())) < 1e-3 and cells["n"] == "2"
+    # the interval covers test-set sampling and the two seeds: wider than the seeds' own spread
+    assert low < min(first.values()) <= max(first.values()) < high
     again = {r.run_id: r.metrics["accuracy"].value for r in run_suite(suite, out=out, mode="force")}
     assert again == first  # same suite file, same ids, same numbers
 
@@ -218,7 +220,8 @@ def test_runs_with_different_training_settings_are_separate_rows(tmp_path):
     assert sorted(table["label"]) == ["lora (steps=2)", "lora (steps=3)"] and list(table["n"]) == [1, 1]
     report = (out / "s" / "README.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| lora")]
-    assert [r.split("|")[1].strip() for r in rows] == ["lora (steps=2)", "lora (steps=3)"], rows
+    # (2 and 3 steps of a tiny model: flagged "did not train", which the label says)
+    assert [r.split("|")[1].strip().split(" — ")[0] for r in rows] == ["lora (steps=2)", "lora (steps=3)"], rows
     header = [line for line in report.splitlines() if line.startswith("| method ")][0]
     n_col = [c.strip() for c in header.strip("|").split("|")].index("n")
     assert [r.strip("|").split("|")[n_col].strip() for r in rows] == ["1", "1"]

@@ -121,6 +121,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         shutil.copyfile(path, out / "results.jsonl")  # the report folder holds its own records
         if (path.parent / "switch.jsonl").exists():
             shutil.copyfile(path.parent / "switch.jsonl", out / "switch.jsonl")
+        if (path.parent / "predictions").is_dir():  # the records name them relative to their folder
+            shutil.copytree(path.parent / "predictions", out / "predictions", dirs_exist_ok=True)
     suite = records[0].run.suite if records else path.parent.name
     cmd = f"peftbench report {out / 'results.jsonl'} --out {out}"
     notes, studies = args.notes, ()

@@ -171,6 +171,10 @@ class TrainConfig:
     max_length: int = opt(128, "truncate inputs to this many tokens (before virtual tokens)")
     n_train: int = opt(2000, "training examples drawn from the task's train split (0 = all)")
     n_test: int = opt(1000, "test examples evaluated, a fixed prefix of the test split (0 = all)")
+    n_validation: int = opt(500, "validation examples (model selection, learning curves), a fixed prefix of the "
+                                 "validation split (0 = all)")
+    eval_points: int = opt(4, "validation evaluations per run, evenly spaced, the last after the final step, at "
+                              "most one per step (0 = none: no validation score, so no selection on validation)")
     seed: int = opt(0, "seed for initialisation, data order and dropout")
     mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", "accelerate mixed precision (fp16 needs CUDA)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda when available")
@@ -192,4 +196,6 @@ class TrainConfig:
         check(self.max_length >= 8, "max_length", "at least 8", self.max_length)
         check(self.n_train >= 0, "n_train", "non-negative", self.n_train)
         check(self.n_test >= 0, "n_test", "non-negative", self.n_test)
+        check(self.n_validation >= 0, "n_validation", "non-negative", self.n_validation)
+        check(self.eval_points >= 0, "eval_points", "non-negative", self.eval_points)
         check(self.num_threads >= 0, "num_threads", "non-negative", self.num_threads)

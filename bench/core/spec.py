@@ -40,6 +40,9 @@ class RunSpec:
     task_source: str | None = None  # hub id or local files instead of the task's own data
     trust_remote_code: bool = False  # only when the suite names this model explicitly
     suite: str = ""
+    # the search this run is a trial of ({"space", "trial", "objective"}; ``core.suite``): part of
+    # the run id, so that a store's trial always says which search it belongs to
+    search: dict[str, Any] | None = None
     # filled by ``resolve``: what the id is made of besides the fields above
     resolved_config: dict[str, Any] | None = None  # the method's full config, defaults included
     data: dict[str, Any] | None = None  # ``interface.task.data_fingerprint``: edited data -> a new id
@@ -78,7 +81,7 @@ class RunSpec:
         return cls(model=run["model"], task=run["task"], method=run["method"],
                    method_config=dict(run.get("method_config") or {}), train=from_dict(TrainConfig, run["train"]),
                    task_source=run.get("task_source"), trust_remote_code=bool(run.get("trust_remote_code")),
-                   suite=run.get("suite", ""), resolved_config=dict(run.get("method_config") or {}),
+                   suite=run.get("suite", ""), search=run.get("search"), resolved_config=dict(run.get("method_config") or {}),
                    data=run.get("data"))
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,6 +96,8 @@ class RunSpec:
     def run_id(self) -> str:
         d = self.as_dict()
         d.pop("suite")  # the same run in two suites is the same run
+        if d["search"] is None:  # ids of runs configured by hand are those of earlier stores
+            d.pop("search")
         for k, default in _ADDED_TRAIN_FIELDS.items():  # ids of earlier result stores stay valid
             if d["train"].get(k) == default:
                 d["train"].pop(k)

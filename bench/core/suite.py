@@ -16,6 +16,9 @@
     timeout_s = 3600                   # per run; a run past it is killed and recorded "timeout"
     memory_limit_gb = 20               # per run, CPU address space; past it the run is "oom"
     trust_remote_code = ["org/model"]  # the only models allowed to run code from their repo
+    [search.lora]                      # hyperparameters chosen on validation: every variant of the
+    lr = [3e-4, 1e-3, 3e-3]            # method runs once per point (a trial); every method that
+                                       # trains gets the same number of trials (equal budget)
     switch = true                      # then measure task switching and serving (peft_bench.serving)
     studies = ["lester"]               # report sections of studies (peft_bench.studies)
 
@@ -44,7 +47,7 @@ SUITES_DIR = PACKAGE_DIR / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
             "seeds": list, "train": dict, "method": dict, "grid": dict, "task_source": dict,
             "timeout_s": (int, float), "memory_limit_gb": (int, float), "trust_remote_code": list,
-            "switch": bool, "switch_repeats": int, "studies": list}
+            "switch": bool, "switch_repeats": int, "studies": list, "search": dict}
 
 
 class SuiteError(ValueError):
@@ -159,6 +162,7 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     for m in data.get("grid", {}):
         if m not in method_names:
             problems.append(f"[grid.{m}] is a grid for a method that is not in `methods` ({', '.join(method_names)}).")
+    trials = _search_trials(data.get("search", {}), method_names, method_cfgs, data.get("grid", {}), train, problems)
     sources: dict[str, str] = data.get("task_source", {})
     for t, v in list(sources.items()):
         if not isinstance(v, str) or not v:
@@ -196,11 +200,15 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     for mo in model_names:
         for t in task_names:
             for me in method_names:
-                for cfg in variants[me]:
+                for cfg, trial in itertools.product(variants[me], trials.get(me) or [None]):
+                    search = None if trial is None else {
+                        "space": data["search"][me], "trial": trial,
+                        "objective": f"validation {TASKS.get(t).main_metric}"}
                     for s in seeds:
-                        spec = RunSpec(model=mo, task=t, method=me, method_config=cfg,
+                        spec = RunSpec(model=mo, task=t, method=me, method_config={**cfg, **(trial or {})},
                                        train=dataclasses.replace(train, seed=s), task_source=sources.get(t),
-                                       trust_remote_code=mo in trusted, suite=name).resolve(model_checked=True)
+                                       trust_remote_code=mo in trusted, suite=name,
+                                       search=search).resolve(model_checked=True)
                         runs.setdefault(spec.run_id, spec)  # overlapping grids: each run once
     return Suite(name=name, description=data.get("description", ""), path=str(path), runs=list(runs.values()),
                  timeout_s=data.get("timeout_s"), memory_limit_gb=data.get("memory_limit_gb"),
@@ -249,6 +257,56 @@ def check_task_data(suite: "Suite") -> None:
                             f"`batch_size` ({need}).")
     if problems:
         raise SuiteError(suite.path, problems)
+
+
+def _search_trials(search: dict, methods: list[str], method_cfgs: dict, grids: dict, train: TrainConfig | None,
+                   problems: list[str]) -> dict[str, list[dict]]:
+    """Per method, the points of its ``[search.<method>]`` space (its trials). Every method that
+    trains must get the same number of trials (a method without a table gets one), the searched
+    fields must be config fields set nowhere else, and runs must be validated (``eval_points``)."""
+    out: dict[str, list[dict]] = {}
+    if not search:
+        return out
+    for m, space in search.items():
+        where = f"[search.{m}]"
+        if m not in methods:
+            problems.append(f"{where} searches a method that is not in `methods` ({', '.join(methods)}).")
+            continue
+        if not METHODS.get(m).trains:
+            problems.append(f"{where}: method {m!r} trains nothing, so there is nothing to search.")
+            continue
+        if not isinstance(space, dict) or not space:
+            problems.append(f"{where} must be a table of lists of values (e.g. lr = [3e-4, 1e-3]), got {space!r}.")
+            continue
+        fields = {f for f in METHODS.get(m).config_cls.__dataclass_fields__}
+        ok = True
+        for k, values in space.items():
+            if k not in fields:
+                problems.append(f"{where}: unknown config field {k!r}.{did_you_mean(k, fields)} "
+                                f"Valid fields: {', '.join(sorted(fields))}.")
+                ok = False
+            elif not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
+                problems.append(f"{where}: `{k}` must be a non-empty list of distinct values, got {values!r}.")
+                ok = False
+            elif k in method_cfgs.get(m, {}) or any(k in g for g in (grids.get(m) if isinstance(grids.get(m), list)
+                                                                      else [grids.get(m) or {}])):
+                problems.append(f"{where}: `{k}` is also set in [method.{m}] or [grid.{m}]; set it in one place only.")
+                ok = False
+        if ok:
+            out[m] = [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+            for trial in out[m]:
+                try:
+                    from_dict(METHODS.get(m).config_cls, {**method_cfgs.get(m, {}), **trial}, where=where)
+                except ConfigError as e:
+                    problems.append(str(e))
+    counts = {m: len(out.get(m, [None])) for m in methods if METHODS.get(m).trains}
+    if len(set(counts.values())) > 1:
+        problems.append("`[search]` must give every method that trains the same number of trials (an equal "
+                        "budget; a method without a [search.<method>] table gets 1), got "
+                        + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".")
+    if train is not None and train.eval_points == 0:
+        problems.append("`[search]` chooses on the validation split: `train.eval_points` must be at least 1, got 0.")
+    return out
 
 
 def _variants(method: str, base: dict, grids, problems: list[str]) -> list[dict]:

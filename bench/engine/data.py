@@ -18,29 +18,34 @@ from typing import Any
 from peft_bench.assets.artifacts import cache_dir
 from peft_bench.core.paths import slug
 from peft_bench.core.spec import RunSpec
-from peft_bench.interface.task import TaskSpec, load_splits
+from peft_bench.interface.task import TaskSpec, example_id, load_splits
 
 
 def encode(rows: dict[str, list], objective, cols: list[str]) -> list[dict[str, Any]]:
-    """Tokenise a run's examples (columns as lists) into one dict per example. Plain lists, not a
-    ``datasets.map``: the examples are already in memory, and map's Arrow round trip and
-    fingerprinting cost more than the tokenising itself (0.2-1.8 s per run, measured)."""
+    """Tokenise a run's examples (columns as lists) into one dict per example, each with its stable
+    ``id`` (``interface.task.example_id``). Plain lists, not a ``datasets.map``: the examples are
+    already in memory, and map's Arrow round trip and fingerprinting cost more than the tokenising
+    itself (0.2-1.8 s per run, measured)."""
     enc = objective.encode({f: rows[f] for f in cols})
-    return [{"input_ids": ids, "length": n, "label": y} for ids, n, y in zip(enc["input_ids"], enc["length"], rows["label"])]
+    task = objective.task
+    ids = [example_id(task, {f: rows[f][i] for f in cols}) for i in range(len(rows["label"]))]
+    return [{"input_ids": x, "length": n, "label": y, "id": i}
+            for x, n, y, i in zip(enc["input_ids"], enc["length"], rows["label"], ids)]
 
 
 @dataclass
 class RunData:
     """A run's examples: their columns (input fields + label, as lists) and their encodings (the
-    test encodings sorted by length, longest first)."""
+    evaluation encodings, validation and test, sorted by length, longest first)."""
 
     train_rows: dict[str, list]
     test_rows: dict[str, list]
     train_enc: list[dict[str, Any]]
     test_enc: list[dict[str, Any]]
+    val_enc: list[dict[str, Any]]
 
 
-DATA_CACHE_VERSION = 1  # bump when what ``run_data`` builds changes shape
+DATA_CACHE_VERSION = 2  # bump when what ``run_data`` builds changes shape
 
 
 def _data_key(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> str | None:
@@ -56,17 +61,17 @@ def _data_key(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> str 
     blob = repr((DATA_CACHE_VERSION, split_cache_dir(task, spec.task_source).name, task.input_fields,
                  task.template, task.label_words, task.target_prefix, str(Path(model_path).resolve()),
                  files_stamp(model_path), type(objective).__qualname__, hashlib.sha256(code.encode()).hexdigest(), cfg.max_length,
-                 cfg.seed, cfg.n_train, cfg.n_test))
+                 cfg.seed, cfg.n_train, cfg.n_test, cfg.n_validation))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunData:
-    """The run's training examples (its seeded shuffle of the train split, first ``n_train``) and
-    test examples (the first ``n_test``), tokenised by ``objective`` (the tokenizer of the model
+    """The run's training examples (its seeded shuffle of the train split, first ``n_train``),
+    validation examples (the first ``n_validation``) and test examples (the first ``n_test``), tokenised by ``objective`` (the tokenizer of the model
     loaded from ``model_path``).
 
     Kept on disk per (tokenizer files, task and source, objective code, max_length, seed, n_train,
-    n_test) as JSON: the runs of a suite that share a model and task (every method, every grid
+    n_test, n_validation) as JSON: the runs of a suite that share a model and task (every method, every grid
     point) read their examples back instead of selecting and tokenising again. Written to a
     temporary file and renamed into place (concurrent shards write the same bytes). Nothing here
     is method-specific, so every method trains on exactly the same encodings."""
@@ -85,10 +90,14 @@ def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunDa
     train_ds = train_ds.select(range(min(cfg.n_train or len(train_ds), len(train_ds)))).flatten_indices(keep_in_memory=True)
     test_ds = splits["test"].select(range(min(cfg.n_test or len(splits["test"]), len(splits["test"])))).flatten_indices(
         keep_in_memory=True)
+    val = splits["validation"]
+    val_ds = val.select(range(min(cfg.n_validation or len(val), len(val)))).flatten_indices(keep_in_memory=True)
     train_rows, test_rows = train_ds[:], test_ds[:]  # columns as Python lists, converted once
+    # evaluation batches are sorted by length (stable): less padding, same predictions
+    by_length = lambda enc: sorted(enc, key=lambda r: -r["length"])  # noqa: E731
     data = RunData(train_rows=train_rows, test_rows=test_rows, train_enc=encode(train_rows, objective, cols),
-                   # evaluation batches are sorted by length (stable): less padding, same predictions
-                   test_enc=sorted(encode(test_rows, objective, cols), key=lambda r: -r["length"]))
+                   test_enc=by_length(encode(test_rows, objective, cols)),
+                   val_enc=by_length(encode(val_ds[:], objective, cols)))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

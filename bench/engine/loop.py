@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Generator
 
 import torch
@@ -21,10 +22,36 @@ class Diverged(RuntimeError):
 
 
 @dataclass
+class Predictions:
+    """One split's per-example outcome, in the loader's order: stable example ids, gold and
+    predicted class, and every class's score (logits, or label-word log-likelihoods)."""
+
+    ids: list[str]
+    gold: list[int]
+    pred: list[int]
+    scores: list[list[float]]
+
+    def as_dict(self) -> dict:
+        return {"ids": self.ids, "gold": self.gold, "pred": self.pred,
+                "scores": [[round(x, 5) for x in row] for row in self.scores]}
+
+
+@dataclass
 class TrainOutcome:
     losses: list[float]
     timer: StepTimer
     memory: MemoryMeter
+    # validation at each evaluation point: (step, {metric: {value, stderr, ...}}); the last one's
+    # predictions are kept (what the run is selected on), and the time it all took (not training's)
+    validation: list[tuple[int, dict]] = field(default_factory=list)
+    val_predictions: Predictions | None = None
+    val_time_s: float = 0.0
+
+
+def eval_steps(steps: int, points: int) -> set[int]:
+    """The steps (1-based) after which validation is evaluated: ``points`` evenly spaced, the last
+    after the final step."""
+    return {max(1, round(k * steps / points)) for k in range(1, points + 1)} if points else set()
 
 
 def train(run: Prepared) -> TrainOutcome:
@@ -64,12 +91,17 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
     groups = [g for g in groups if g["params"]]
     local: list[torch.Tensor] = []  # this process's step losses, not yet averaged over processes
     losses: list[float] = []
+    at = eval_steps(cfg.steps, cfg.eval_points) if run.val_dl is not None else set()
     with MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as timer:
-        if not groups:  # nothing to train (zero-shot baseline)
-            return TrainOutcome([], timer, mem)
+        out = TrainOutcome(losses, timer, mem)
+        if not groups:  # nothing to train (zero-shot baseline): validated as it is
+            if run.val_dl is not None:
+                _validate(run, model, acc.prepare(run.val_dl), 0, out)
+            return out
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
         model, optimizer, train_dl = acc.prepare(model, optimizer, run.train_dl)
+        val_dl = acc.prepare(run.val_dl) if at else None
         run.model = model
         if acc.num_processes > 1:  # DDP made the weights equal; dropout masks differ per process
             set_seed(cfg.seed, device_specific=True)  # (seed + process index: unchanged for one)
@@ -95,6 +127,8 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
             run.method.after_step(model)
             local.append(step_loss)
             timer.step(cfg.batch_size)
+            if step + 1 in at:  # outside every step's time (the clock restarts below)
+                _validate(run, model, val_dl, step + 1, out)
             yield step
             timer.resume()  # the clock restarts: what the caller did between two steps is not this loop's
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == cfg.steps:
@@ -105,7 +139,7 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
                 _check_finite(losses, cfg.steps)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
         del optimizer, scheduler
-    return TrainOutcome(losses, timer, mem)
+    return out
 
 
 CHECK_EVERY = 10  # steps between host syncs of the loss (NaN/inf check, progress bar)
@@ -121,12 +155,49 @@ def _check_finite(losses: list[float], steps: int) -> None:
             raise Diverged(f"loss became {v} at step {len(losses) - len(window) + i + 1} of {steps}.")
 
 
-def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, MemoryMeter]:
-    """Metrics on the held-out test split, in inference mode, with its own memory window. Under a
-    launch each process predicts its slice of every batch and the predictions are gathered (padding
-    duplicates dropped): the metrics are over the whole test split, on every process."""
+def predict(run: Prepared, model, loader, ids: list[str], desc: str) -> Predictions:
+    """Every example of ``loader`` scored, in inference mode. Under a launch each process scores
+    its slice of every batch and the results are gathered (padding duplicates dropped): every
+    process gets the whole split, in the loader's order."""
     from tqdm.auto import tqdm
 
+    acc = run.accelerator
+    gold, scores = [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                          disable=None if acc.is_local_main_process else True):
+            with acc.autocast():
+                s = run.objective.scores(model, batch).float()
+            s, ref = acc.gather_for_metrics((s, batch["labels"]))
+            scores.append(s)
+            gold.append(ref)
+    sc = torch.cat(scores)
+    refs = torch.cat(gold).tolist()
+    if len(refs) != len(ids):
+        raise RuntimeError(f"{desc}: {len(refs)} predictions for {len(ids)} examples.")
+    return Predictions(ids=list(ids), gold=refs, pred=sc.argmax(-1).tolist(), scores=sc.tolist())
+
+
+def _validate(run: Prepared, model, loader, step: int, out: TrainOutcome) -> None:
+    """Validation metrics after ``step`` (the model back in training mode afterwards). Training goes
+    on exactly as without it: dropout is off, and the random number generators are put back as
+    they were (iterating a DataLoader draws its base seed from torch's global generator)."""
+    t0 = time.perf_counter()
+    inner = run.accelerator.unwrap_model(model)
+    was_training = inner.training
+    inner.eval()
+    cuda = [run.device] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        p = predict(run, inner, loader, run.val_ids, f"validate {run.spec.method} {run.spec.task}")
+    inner.train(was_training)
+    out.validation.append((step, compute_metrics(run.task.metrics, p.pred, p.gold)))
+    out.val_predictions = p
+    out.val_time_s += time.perf_counter() - t0
+
+
+def evaluate(run: Prepared) -> tuple[dict[str, dict], Predictions, StepTimer, MemoryMeter]:
+    """Metrics on the held-out test split, in inference mode, with its own memory window, and the
+    per-example predictions they were computed from."""
     acc = run.accelerator
     model = acc.unwrap_model(run.model)  # evaluation needs no DDP wrapper (no gradients to sync)
     for p in model.parameters():
@@ -135,18 +206,10 @@ def evaluate(run: Prepared) -> tuple[dict[str, dict], list[int], StepTimer, Memo
     release_memory()
     model.eval()
     test_dl = acc.prepare(run.test_dl)
-    preds, refs = [], []
-    with torch.inference_mode(), MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as ev:
-        for batch in tqdm(test_dl, desc=f"eval {run.spec.method} {run.spec.task}", leave=False,
-                          dynamic_ncols=True, disable=None if acc.is_local_main_process else True):
-            with acc.autocast():
-                pred = run.objective.predict(model, batch)
-            pred, ref = acc.gather_for_metrics((pred, batch["labels"]))
-            preds.append(pred)
-            refs.append(ref)
-            ev.step(len(ref))
-    predictions, references = torch.cat(preds).tolist(), torch.cat(refs).tolist()
-    return compute_metrics(run.task.metrics, predictions, references), references, ev, mem
+    with MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as ev:
+        p = predict(run, model, test_dl, run.test_ids, f"eval {run.spec.method} {run.spec.task}")
+        ev.step(len(p.gold))
+    return compute_metrics(run.task.metrics, p.pred, p.gold), p, ev, mem
 
 
 def _cycle(loader):

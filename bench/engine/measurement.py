@@ -303,8 +303,10 @@ def compute_metrics(names: tuple[str, ...], predictions: list[int], references: 
     return out
 
 
-def majority_baseline(train_labels: list[int], test_labels: list[int]) -> dict[str, float]:
-    """Accuracy on test of always predicting the most frequent training class."""
+def majority_baseline(train_labels: list[int], test_labels: list[int],
+                      val_labels: list[int] | None = None) -> dict[str, float | None]:
+    """Accuracy on test (and validation) of always predicting the most frequent training class."""
     majority = collections.Counter(train_labels).most_common(1)[0][0]
-    acc = sum(int(y == majority) for y in test_labels) / max(1, len(test_labels))
-    return {"majority_class": int(majority), "majority_accuracy": acc}
+    acc = lambda ys: sum(int(y == majority) for y in ys) / max(1, len(ys))  # noqa: E731
+    return {"majority_class": int(majority), "majority_accuracy": acc(test_labels),
+            "majority_val_accuracy": acc(val_labels) if val_labels else None}

@@ -6,7 +6,7 @@
   best (text-to-text rank classification, as in Lester et al.'s T5 setup).
 
 Both tokenise once per dataset (``encode``), pad per batch (``collate``), and return a training
-``loss`` and class ``predict``ions. The model may prepend V virtual tokens: causal logits are read
+``loss``, per-class ``scores`` (B, C) and class ``predict``ions (their argmax). The model may prepend V virtual tokens: causal logits are read
 from the last L positions, so every method is handled the same way.
 """
 
@@ -43,8 +43,12 @@ class ClassificationObjective:
     def loss(self, model, batch) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch).float(), batch["labels"])
 
+    def scores(self, model, batch) -> torch.Tensor:
+        """(B, C) class scores: the head's logits."""
+        return self.logits(model, batch).float()
+
     def predict(self, model, batch) -> torch.Tensor:
-        return self.logits(model, batch).argmax(-1)
+        return self.scores(model, batch).argmax(-1)
 
 
 class RankClassificationObjective:

@@ -58,6 +58,9 @@ class Prepared:
     train_labels: list[int]
     train_dl: Any
     test_dl: Any
+    val_dl: Any  # None when the run evaluates no validation examples (eval_points = 0)
+    test_ids: list[str]  # ``interface.task.example_id`` of each test example, in test_dl's order
+    val_ids: list[str]
     params: dict[str, int]
     load_time_s: float  # data + base model + tokeniser
     setup_time_s: float  # the rest of ``prepare``: accelerator, the method's wrapping, loaders
@@ -137,11 +140,14 @@ def prepare(spec: RunSpec) -> Prepared:
     gen = torch.Generator().manual_seed(cfg.seed)
     train_dl = torch.utils.data.DataLoader(data.train_enc, batch_size=micro_batch, shuffle=True, generator=gen,
                                            collate_fn=lambda f: objective.collate(f, training=True), drop_last=True)
-    test_dl = torch.utils.data.DataLoader(data.test_enc, batch_size=cfg.eval_batch_size, shuffle=False,
-                                          collate_fn=lambda f: objective.collate(f, training=False))
+    eval_loader = lambda enc: torch.utils.data.DataLoader(  # noqa: E731
+        enc, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=lambda f: objective.collate(f, training=False))
+    test_dl = eval_loader(data.test_enc)
+    val_dl = eval_loader(data.val_enc) if cfg.eval_points and data.val_enc else None
     return Prepared(spec=spec, method=method, task=task, ctx=ctx, model=model, objective=objective,
                     accelerator=accelerator, device=device, n_train=len(data.train_enc),
                     n_test=len(data.test_enc), train_labels=data.train_rows["label"],
-                    train_dl=train_dl, test_dl=test_dl, params=params, load_time_s=load_time,
+                    train_dl=train_dl, test_dl=test_dl, val_dl=val_dl, test_ids=[e["id"] for e in data.test_enc],
+                    val_ids=[e["id"] for e in data.val_enc] if val_dl is not None else [], params=params, load_time_s=load_time,
                     setup_time_s=time.perf_counter() - started - load_time, baseline=baseline)
 

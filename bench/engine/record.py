@@ -1,5 +1,6 @@
-"""One run, start to record: ``execute(spec, out_dir)`` trains, saves the artifact, evaluates and
-returns its ``ResultRecord``; any failure becomes a record too. ``failure_record`` is the one place
+"""One run, start to record: ``execute(spec, out_dir)`` trains (validating along the way), saves
+the artifact, evaluates, writes the per-example predictions beside the store
+(``results.predictions``) and returns its ``ResultRecord``; any failure becomes a record too. ``failure_record`` is the one place
 a failed run's record is built (here, and by the executors for a run that never reported back).
 
     spec = RunSpec(model="minilm", task="sentiment", method="lora").resolve()
@@ -26,11 +27,22 @@ from peft_bench.engine.distributed import per_process
 from peft_bench.engine.loop import Diverged, evaluate, train
 from peft_bench.engine.measurement import gc_frozen, majority_baseline, stored_size
 from peft_bench.engine.prepare import prepare
-from peft_bench.results.schema import (Baselines, Env, Metric, Params, Resources, ResultRecord, RunInfo,
+from peft_bench.results.predictions import write_predictions
+from peft_bench.results.schema import (Baselines, Curves, Env, Metric, Params, Resources, ResultRecord, RunInfo,
                                         Status)
 
 
-def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
+CURVE_POINTS = 50  # at most this many points of the training-loss curve, whatever the steps
+
+
+def loss_curve(losses: list[float], points: int = CURVE_POINTS) -> list[list[float]]:
+    """[step, mean loss of the steps since the previous point]: every step's loss, averaged in
+    windows of ceil(steps / points) steps."""
+    k = -(-len(losses) // points) if losses else 1
+    return [[min(i + k, len(losses)), sum(losses[i:i + k]) / len(losses[i:i + k])] for i in range(0, len(losses), k)]
+
+
+def train_and_evaluate(spec: RunSpec, art_dir: Path, store_dir: Path) -> ResultRecord:
     started = now()
     run = prepare(spec)
     acc = run.accelerator
@@ -47,16 +59,23 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
         stored = stored_size(art_dir)
     acc.wait_for_everyone()
     save_time = time.perf_counter() - t_save
-    metrics, references, ev, mem_eval = evaluate(run)
+    metrics, test_pred, ev, mem_eval = evaluate(run)
     losses = out.losses
+    val = out.val_predictions
+    predictions = None
+    if acc.is_main_process:
+        splits = {"test": test_pred.as_dict(), **({"validation": val.as_dict()} if val else {})}
+        predictions = write_predictions(store_dir, spec.run_id, list(run.task.label_words), splits)
     # memory: the peak of each process (one per device), and their max as the run's figure
     train_peaks, eval_peaks = per_process(acc, out.memory.peak_bytes), per_process(acc, mem_eval.peak_bytes)
     train_res = per_process(acc, out.memory.peak_reserved_bytes)
     eval_res = per_process(acc, mem_eval.peak_reserved_bytes)
     peak = lambda xs: None if xs[0] is None else int(max(xs))  # noqa: E731
     return ResultRecord(
-        run=run_info(spec, started, n_train=run.n_train, n_test=run.n_test, artifact_dir=str(art_dir)),
+        run=run_info(spec, started, n_train=run.n_train, n_test=run.n_test, artifact_dir=str(art_dir),
+                     n_validation=len(run.val_ids), predictions=predictions),
         metrics={k: Metric(**m) for k, m in metrics.items()},
+        validation={k: Metric(**m) for k, m in (out.validation[-1][1] if out.validation else {}).items()},
         params=Params(**run.params, **stored),
         resources=Resources(
             peak_mem_train_bytes=peak(train_peaks), peak_mem_eval_bytes=peak(eval_peaks),
@@ -65,13 +84,15 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path) -> ResultRecord:
             peak_mem_eval_per_process_bytes=[int(x) for x in eval_peaks],
             peak_mem_kind=out.memory.kind, **run.baseline.as_resources(), load_time_s=run.load_time_s,
             setup_time_s=run.setup_time_s, save_time_s=save_time,
-            train_time_s=out.timer.total_s if losses else 0.0,
+            train_time_s=out.timer.total_s - out.val_time_s if losses else 0.0, val_time_s=out.val_time_s,
             step_time_median_s=out.timer.median_step_s, train_examples_per_s=out.timer.examples_per_s,
             eval_time_s=ev.total_s, eval_examples_per_s=ev.examples_per_s, train_steps=len(losses),
             first_loss=sum(losses[:10]) / len(losses[:10]) if losses else None,
             final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         ),
-        baselines=Baselines(**majority_baseline(run.train_labels, references)),
+        curves=Curves(train_loss=loss_curve(losses),
+                      validation=[{"step": step, **{k: m["value"] for k, m in ms.items()}} for step, ms in out.validation]),
+        baselines=Baselines(**majority_baseline(run.train_labels, test_pred.gold, val.gold if val else None)),
         env=Env(**environment(run.device), processes=acc.num_processes,
                 distributed_type=str(acc.distributed_type).split(".")[-1]),
     )
@@ -122,7 +143,7 @@ def execute(spec: RunSpec, out_dir: Path) -> ResultRecord:
         spec = spec.resolve()
         art_dir = contained(Path(out_dir) / "artifacts" / spec.run_id, out_dir, "the artifact folder")
         with gc_frozen():
-            record = train_and_evaluate(spec, art_dir)
+            record = train_and_evaluate(spec, art_dir, Path(out_dir))
         record.resources.run_wall_s = time.perf_counter() - t0
         return record
     except Exception as e:  # noqa: BLE001 - every failure is a result, not a crash of the suite

@@ -56,6 +56,7 @@ class Method(abc.ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     description: ClassVar[str] = ""
+    trains: ClassVar[bool] = True  # False: nothing to train (a zero-shot baseline), nothing to search
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_cls()

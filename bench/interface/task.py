@@ -134,6 +134,13 @@ def input_key(spec: TaskSpec, row: dict) -> str:
     return " \u241e ".join(" ".join(str(row[f]).lower().split()) for f in spec.input_fields)
 
 
+def example_id(spec: TaskSpec, row: dict) -> str:
+    """A stable id of an example: its normalised input (``input_key``, unique within a task's splits
+    after de-duplication) hashed; the same in every run, process and method, so that predictions
+    of two runs are paired example by example."""
+    return hashlib.sha1(input_key(spec, row).encode()).hexdigest()[:16]
+
+
 def _dedupe(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
     labels_of: dict[str, set] = {}
     for row in ds:

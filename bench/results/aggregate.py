@@ -11,7 +11,15 @@ settings and data), pooled over seeds. Columns:
 - ``n``: runs (seeds) pooled; ``steps``: training steps of the runs;
 - per metric M (``accuracy``, ``f1``, ...): ``M`` (mean over seeds), ``M_std`` (sample std over
   seeds, NaN for one seed), ``M_stderr`` (mean of the runs' standard errors over test examples),
-  ``M_spread`` (``spread``: the std over seeds when there are several, else the standard error);
+  ``val_M`` (mean over seeds of the validation score after the last step);
+- accuracy's 95% interval over test examples and seeds (``results.stats.accuracy_ci`` on the
+  per-example predictions): ``accuracy_low``, ``accuracy_high`` (NaN without predictions), and
+  ``rank_low`` / ``rank_high``: the band of ranks the variant may take within its task, from paired
+  comparisons with every other variant of the task (``rank_bands``); ``correct``: the
+  (seeds, examples) correctness matrix and its example ids (None without predictions);
+- ``did_not_train``: why the variant is flagged as not having trained ("" if not: ``training_problem``);
+- hyperparameter search (``results.selection``): ``search`` (the values chosen on validation, or
+  None), ``trials`` (every trial's values and validation score);
 - parameters: ``trainable_params``, ``total_params``, ``pct_trainable``, ``trainable_head_params``,
   ``stored_params``, ``stored_bytes``;
 - resources (mean over seeds, and ``<name>_std``): ``peak_mem_train_bytes``, ``peak_mem_eval_bytes``,
@@ -32,6 +40,8 @@ from collections import defaultdict
 
 import pandas as pd
 
+from peft_bench.results import stats
+from peft_bench.results.predictions import correctness
 from peft_bench.results.schema import SWITCH_SCHEMA_VERSION, ResultRecord, RunInfo
 
 PARAM_COLUMNS = ("trainable_params", "total_params", "trainable_head_params", "stored_params", "stored_bytes")
@@ -137,12 +147,97 @@ def _switch_by_run(switch: list[dict] | None) -> dict[str, dict]:
     return {rid: s for s in latest_switch(switch) if s.get("status") == "ok" for rid in s.get("run_ids", [])}
 
 
+LOSS_FALL = 0.05  # a run trained when its final loss is at least 5% below its first
+
+
+def training_problem(r: ResultRecord) -> str | None:
+    """Why a finished run did not train, or None: its loss did not fall (final 10 steps' mean not
+    ``LOSS_FALL`` below the first 10's), or its validation accuracy never rose above always
+    answering the majority class (by more than two standard errors of that rate)."""
+    res, base = r.resources, r.baselines
+    if not res.train_steps:
+        return None  # nothing to train (a zero-shot baseline)
+    if res.first_loss is not None and res.final_loss is not None and res.final_loss > (1 - LOSS_FALL) * res.first_loss:
+        return f"loss did not fall ({res.first_loss:.3f} → {res.final_loss:.3f})"
+    val = [p.get("accuracy") for p in (r.curves.validation or []) if p.get("accuracy") is not None]
+    m, n = base.majority_val_accuracy, r.run.n_validation
+    if val and m is not None and n:
+        bar = m + 2 * math.sqrt(m * (1 - m) / n)
+        if max(val) <= bar:
+            return f"validation accuracy stayed at the majority class (best {max(val):.3f}, majority {m:.3f})"
+    return None
+
+
+def _did_not_train(recs: list[ResultRecord]) -> str:
+    problems = [(r, p) for r in recs if (p := training_problem(r))]
+    if not problems:
+        return ""
+    seeds = ", ".join(str((r.run.train or {}).get("seed")) for r, _ in problems)
+    return f"{len(problems)} of {len(recs)} seed(s) (seed {seeds}): {problems[0][1]}"
+
+
+def _mean_curve(curves: list[list[tuple]]) -> list[tuple[float, float]]:
+    """A curve averaged over seeds at the steps every seed has."""
+    curves = [dict(c) for c in curves if c]
+    if not curves:
+        return []
+    steps = sorted(set(curves[0]).intersection(*curves[1:]))
+    return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
+
+
+def _aligned(a: tuple, b: tuple):
+    """Two correctness matrices restricted to the examples both have, in one order."""
+    (ma, ia), (mb, ib) = a, b
+    if ia == ib:
+        return ma, mb
+    common = sorted(set(ia) & set(ib))
+    if not common:
+        return None
+    pa, pb = {x: k for k, x in enumerate(ia)}, {x: k for k, x in enumerate(ib)}
+    return ma[:, [pa[x] for x in common]], mb[:, [pb[x] for x in common]]
+
+
+def compare_pair(a: tuple | None, b: tuple | None) -> stats.Estimate | None:
+    """accuracy(a) - accuracy(b), paired on the examples both were scored on (``correct`` values)."""
+    if a is None or b is None:
+        return None
+    got = _aligned(a, b)
+    return None if got is None else stats.paired_difference(*got)
+
+
+def rank_bands(correct: list) -> list[tuple[int, int]]:
+    """For each variant (its ``correct`` value), the ranks it may take: 1 + the number of variants
+    significantly better than it, to n - the number significantly worse. Every pair is compared
+    paired on their shared examples; significance is Holm-corrected over all pairs at 5%. A
+    variant without predictions gets (0, 0): no band."""
+    n = len(correct)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    diffs = {p: compare_pair(correct[p[0]], correct[p[1]]) for p in pairs}
+    tested = [p for p in pairs if diffs[p] is not None]
+    adjusted = dict(zip(tested, stats.holm([diffs[p].p_value for p in tested])))
+    better = [0] * n  # how many are significantly better than i
+    worse = [0] * n
+    for (i, j) in tested:
+        v = stats.verdict(diffs[(i, j)], p_adjusted=adjusted[(i, j)])
+        if v == stats.BETTER:
+            better[j] += 1
+            worse[i] += 1
+        elif v == stats.WORSE:
+            better[i] += 1
+            worse[j] += 1
+    have = sum(c is not None for c in correct)
+    return [(1 + better[i], have - worse[i]) if correct[i] is not None else (0, 0) for i in range(n)]
+
+
 def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> pd.DataFrame:
+    from peft_bench.results.selection import select
+
     ok = [r for r in records if r.status == "ok"]
     labels = variant_labels(ok)
     by_run = _switch_by_run(switch)
     rows = []
-    for key, recs in group(ok).items():
+    groups, chosen = select(group(ok))
+    for key, recs in groups.items():
         row: dict = {"model": key[0], "task": key[1], "method": key[2], "key": key,
                      "config": dict(recs[0].run.method_config), "label": labels[key], "n": len(recs),
                 "steps": (recs[0].run.train or {}).get("steps", math.nan)}
@@ -152,6 +247,16 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
             row[f"{name}_std"] = _std(vals)
             row[f"{name}_stderr"] = _mean([r.metrics[name].stderr for r in recs if name in r.metrics])
             row[f"{name}_spread"] = spread(row[f"{name}_std"], row[f"{name}_stderr"])
+            row[f"val_{name}"] = _mean([r.validation[name].value for r in recs if name in r.validation])
+        row["correct"] = correctness(recs)
+        ci = stats.accuracy_ci(row["correct"][0]) if row["correct"] is not None else None
+        row["accuracy_low"], row["accuracy_high"] = (ci.low, ci.high) if ci else (math.nan, math.nan)
+        row["did_not_train"] = _did_not_train(recs)
+        row["loss_curve"] = _mean_curve([[(p[0], p[1]) for p in (r.curves.train_loss or [])] for r in recs])
+        main = next(iter(recs[0].metrics), "accuracy")
+        row["val_curve"] = _mean_curve([[(p["step"], p[main]) for p in (r.curves.validation or []) if main in p]
+                                        for r in recs])
+        row["search"], row["trials"] = chosen.get(key, (None, []))
         for c in PARAM_COLUMNS:
             v = getattr(recs[0].params, c)
             row[c] = math.nan if v is None else v
@@ -167,6 +272,10 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
         row["majority_accuracy"] = base[0] if base else math.nan
         rows.append(row)
     rows.sort(key=lambda r: (str(r["task"]), str(r["model"]), natural_key(r["label"])))
+    for task in {r["task"] for r in rows}:
+        mine = [r for r in rows if r["task"] == task]
+        for r, (lo, hi) in zip(mine, rank_bands([r["correct"] for r in mine])):
+            r["rank_low"], r["rank_high"] = lo, hi
     return pd.DataFrame(rows)
 
 
@@ -183,14 +292,3 @@ def pareto_front(cost: list[float], value: list[float]) -> list[bool]:
                         for j, (c2, v2) in enumerate(pts))
         out.append(not dominated)
     return out
-
-
-def beats(a: pd.Series, b: pd.Series, metric: str) -> tuple[int, float, float]:
-    """Compare variant a with b on a metric: (+1 a better, -1 b better, 0 within the spread),
-    the difference a - b in the metric's better direction, and the margin it had to clear: the
-    larger of the two variants' spreads (``spread``)."""
-    diff = a[metric] - b[metric]
-    margin = max(a[f"{metric}_spread"], b[f"{metric}_spread"])
-    if math.isnan(margin):
-        margin = 0.0
-    return (1 if diff > margin else -1 if diff < -margin else 0), diff, margin

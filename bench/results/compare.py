@@ -2,10 +2,11 @@
 machines, two commits), variant by variant, from ``peft_bench.results.aggregate.summarize``.
 
 For every variant present in both, and every metric: A, B, the ratio B/A, and a flag when the
-change exceeds the spread. The spread of a metric (accuracy, f1) is ``peft_bench.results.aggregate.spread``;
-of a resource (time, memory, throughput) the std over seeds. A change is flagged when |B - A| is
-more than the larger of the two spreads; with one seed a resource has no spread, and the row says
-so instead of guessing.
+change is more than noise. Accuracy is compared paired on the test examples both scored
+(``results.aggregate.compare_pair``): flagged when the difference is significant (95% CI and
+p-value). Another metric (f1) and a resource (time, memory, throughput) are flagged when |B - A|
+exceeds the larger of the two spreads (std over seeds); with one seed there is no spread, and the
+row says so instead of guessing.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from peft_bench.results.aggregate import summarize
-from peft_bench.results.report import fmt_bytes, fmt_count, fmt_s
+from peft_bench.results import stats
+from peft_bench.results.aggregate import compare_pair, summarize
+from peft_bench.results.units import fmt_bytes, fmt_count, fmt_s
 from peft_bench.results.schema import Env, ResultRecord
 
 # (summary column, title, formatter, spread column or None)
@@ -47,7 +49,12 @@ def compare_rows(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[dict], list[str
             if va is None or vb is None or math.isnan(va) or math.isnan(vb):
                 continue
             ratio = vb / va if va else math.nan
-            if spread_col is None:  # exact counts: any change is a change
+            diff = compare_pair(rb.get("correct"), ra.get("correct")) if col == "accuracy" else None
+            if diff is not None:
+                v = stats.verdict(diff)
+                flag = (f"significant ({diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}], p = {diff.p_value:.2g})"
+                        if v != stats.INCONCLUSIVE else f"no significant change (p = {diff.p_value:.2g})")
+            elif spread_col is None:  # exact counts: any change is a change
                 flag = "changed" if va != vb else ""
             else:
                 margin = max(ra.get(spread_col, math.nan), rb.get(spread_col, math.nan))
@@ -56,7 +63,7 @@ def compare_rows(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[dict], list[str
                 else:
                     flag = f"beyond spread (±{fmt(margin)})" if abs(vb - va) > margin else ""
             rows.append({"variant": name, "metric": title, "A": fmt(va), "B": fmt(vb),
-                         "B/A": "—" if math.isnan(ratio) else f"{ratio:.3f}", "flag": f"**{flag}**" if flag.startswith(("beyond", "changed")) else flag})
+                         "B/A": "—" if math.isnan(ratio) else f"{ratio:.3f}", "flag": f"**{flag}**" if flag.startswith(("beyond", "changed", "significant")) else flag})
     only_a = [f"{k[0]} / {k[1]} / {ia[k]['label']}" for k in ia if k not in ib]
     only_b = [f"{k[0]} / {k[1]} / {ib[k]['label']}" for k in ib if k not in ia]
     return rows, only_a, only_b
@@ -83,10 +90,11 @@ def compare_markdown(a_records: list[ResultRecord], b_records: list[ResultRecord
     flagged = sum(r["flag"].startswith("**") for r in rows)
     out = [f"# peft-bench comparison: B = {b_name} against A = {a_name}", "",
            f"- A: `{a_name}`: {_env_line(a_records)}", f"- B: `{b_name}`: {_env_line(b_records)}", "",
-           "Per variant present in both, per metric: B/A, flagged where |B − A| exceeds the larger of the "
-           "two spreads (std over seeds; for accuracy with one seed, the standard error over test "
-           "examples). A resource measured with one seed has no spread: its row says so.", "",
-           f"{flagged} of {len(rows)} figures changed beyond their spread.", ""]
+           "Per variant present in both, per metric: B/A. Accuracy is flagged when the paired difference on "
+           "the test examples both scored is significant (95% CI, exact McNemar for one seed each, paired "
+           "bootstrap for several); other figures where |B − A| exceeds the larger of the two spreads (std "
+           "over seeds). A figure measured with one seed has no spread: its row says so.", "",
+           f"{flagged} of {len(rows)} figures changed beyond noise.", ""]
     la, lb = _locks(a_records), _locks(b_records)
     if la != lb:
         out[3:3] = [f"**Different environments:** A was installed from lock(s) {_fmt_locks(la)}, B from "

@@ -1,8 +1,9 @@
 """Report figures (PNG, matplotlib without a display), drawn from ``peft_bench.results.aggregate.summarize``.
 
 Each function takes the summary rows of one task (or the switch rows), writes one PNG into the
-report folder and returns its file name, or None when there is nothing to draw. Error bars are the
-spread of ``peft_bench.results.aggregate.spread``: the std over seeds, or the standard error of one run.
+report folder and returns its file name, or None when there is nothing to draw. Error bars on
+accuracy are its 95% confidence interval over test examples and seeds (``results.stats``); where a
+variant has no per-example predictions, the spread of ``results.aggregate.spread`` instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd  # noqa: E402
 from peft_bench.results.aggregate import natural_key, pareto_front  # noqa: E402
 
 DPI = 110
-FIGURE_PATTERNS = ("pareto_*.png", "memory_*.png", "grid_*.png", "switch.png")  # what a report draws
+FIGURE_PATTERNS = ("pareto_*.png", "memory_*.png", "grid_*.png", "curves_*.png", "switch.png")  # what a report draws
 MIB = 2**20
 
 
@@ -113,6 +114,52 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
+def _err(rows, metric: str) -> list[list[float]]:
+    """Asymmetric error bars (below, above) of ``metric`` for summary rows: the 95% interval where
+    there is one (accuracy with predictions), else the spread."""
+    lo, hi = [], []
+    for r in (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows):
+        v, a, b = r[metric], r.get(f"{metric}_low", math.nan), r.get(f"{metric}_high", math.nan)
+        if not (math.isnan(a) or math.isnan(b)):
+            lo.append(v - a)
+            hi.append(b - v)
+        else:
+            sp = r.get(f"{metric}_spread", math.nan)
+            lo.append(0.0 if math.isnan(sp) else sp)
+            hi.append(0.0 if math.isnan(sp) else sp)
+    return [lo, hi]
+
+
+def curves(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str | None:
+    """Learning curves: training loss against step, and validation ``metric`` at each evaluation
+    point, one line per variant (mean over its seeds), the majority class as a dotted line."""
+    d = summary[summary["loss_curve"].map(bool) | summary["val_curve"].map(bool)]
+    if d.empty:
+        return None
+    colours = method_colours(summary["method"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = ["-", "--", ":", "-."]
+    seen: dict[str, int] = {}
+    for _, r in d.iterrows():
+        k = seen[r["method"]] = seen.get(r["method"], -1) + 1
+        kw = dict(color=colours[r["method"]], linestyle=styles[k % len(styles)], label=r["label"])
+        if r["loss_curve"]:
+            ax1.plot(*zip(*r["loss_curve"]), **kw)
+        if r["val_curve"]:
+            ax2.plot(*zip(*r["val_curve"]), marker="o", markersize=4, **kw)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss (window mean)")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel(f"validation {metric}")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    handles, labels = ax1.get_legend_handles_labels() if ax1.lines else ax2.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
+    fig.suptitle(f"{task}: learning curves (mean over seeds)", fontsize=10)
+    rows = -(-len(labels) // 4)
+    return _save(fig, out_dir, f"curves_{_safe(task)}.png", rect=(0, 0.05 * rows + 0.02, 1, 1))
+
+
 def _short(label: str, method: str) -> str:
     """The variant part of a label (``num_virtual_tokens=20``), or the method for a plain row."""
     return label[len(method):].strip(" ()") or method
@@ -136,7 +183,7 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
             continue
         x, y = d[col] / scale, d[metric]
         for method, part in d.groupby("method"):
-            err = part[f"{metric}_spread"].fillna(0)
+            err = _err(part, metric)
             ax.errorbar(part[col] / scale, part[metric], yerr=err, fmt="o", capsize=3, color=colours[method],
                         label=method, markersize=7)
             if len(part) > 1:
@@ -160,7 +207,7 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
         return None
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 7), fontsize=8,
                frameon=False)
-    fig.suptitle(f"{task}: {metric} against cost (error bars: spread; dashed: Pareto front)", fontsize=10)
+    fig.suptitle(f"{task}: {metric} against cost (error bars: 95% CI; dashed: Pareto front)", fontsize=10)
     return _save(fig, out_dir, f"pareto_{_safe(task)}.png", rect=(0, 0.07, 1, 1))
 
 
@@ -227,7 +274,7 @@ def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str
                 name = ", ".join(f"{k}={v.strip(chr(39))}" for k, v in zip(others, other)) or method
                 pts = sorted(pts, key=lambda r: natural_key(str(r["config"].get(axis))))
                 y = [r[metric] for r in pts]
-                err = [0 if math.isnan(r[f"{metric}_spread"]) else r[f"{metric}_spread"] for r in pts]
+                err = _err([dict(r) for r in pts], metric)
                 if numeric:
                     ax.errorbar([r["config"][axis] for r in pts], y, yerr=err, marker="o", capsize=3, label=name)
                 else:
@@ -241,7 +288,7 @@ def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str
                     ax.set_xscale("log")
             else:
                 lo = min(r[metric] - 3 * (r[f"{metric}_spread"] or 0) for v in series.values() for r in v)
-                ax.set_ylim(bottom=max(0.0, lo))
+                ax.set_ylim(bottom=max(0.0, lo if not math.isnan(lo) else 0.0))
             base = summary["majority_accuracy"].dropna()
             if len(base) and metric == "accuracy":
                 ax.axhline(base.iloc[0], color="grey", linestyle=":", label="majority class")

@@ -2,50 +2,27 @@
 paper-claim checks (``peft_bench.studies.lester``) and ``write_report``, which writes README.md plus PNGs.
 
 Every number comes from ``peft_bench.results.aggregate.summarize``: rows are variants (runs of the same
-model/task/method/config pooled over seeds), plus the majority-class baseline of the task.
-Accuracy shows "mean ± spread": the std over seeds when there are several, else the binomial
-standard error over the test examples. The best value of every ↑/↓ column is in bold.
+model/task/method/config pooled over seeds; a search's trials reduced to the one chosen on
+validation), plus the majority-class baseline of the task. Accuracy shows its mean with a 95%
+confidence interval over test examples and seeds, and its rank band from paired comparisons; it is
+bold only when no other variant is significantly better. Parameter counts are exact: the smallest
+is bold. Time and memory carry no interval and are never bold.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import statistics
 import sys
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from peft_bench.results.aggregate import latest_switch, summarize, varying_keys
+from peft_bench.results.aggregate import summarize, varying_keys
+from peft_bench.results.serving_tables import switch_tables
 from peft_bench.results.store import ResultRecord
-
-
-def fmt_count(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{int(n)}"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_s(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f} s" if x < 1 else f"{x:.1f} s"
-
-
-def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
+from peft_bench.results.units import fmt_bytes, fmt_count, fmt_ms, fmt_s
 
 
 MEMORY_KINDS = {
@@ -77,28 +54,44 @@ def _num(x) -> float | None:
 
 
 def _metric_cell(row: pd.Series, name: str) -> str:
+    """Mean [95% CI] where the interval is known (accuracy with per-example predictions); else the
+    mean, ± the std over seeds when there are several."""
     if math.isnan(row.get(name, math.nan)):
         return "—"
-    err = row[f"{name}_spread"]
-    return f"{row[name]:.3f}" + (f" ± {err:.3f}" if not math.isnan(err) else "")
+    lo, hi = row.get(f"{name}_low", math.nan), row.get(f"{name}_high", math.nan)
+    if not (math.isnan(lo) or math.isnan(hi)):
+        return f"{row[name]:.3f} [{lo:.3f}, {hi:.3f}]"
+    std = row.get(f"{name}_std", math.nan)
+    return f"{row[name]:.3f}" + (f" ± {std:.3f} (std)" if not math.isnan(std) else "")
+
+
+def _rank(row: pd.Series) -> str:
+    lo, hi = row.get("rank_low", 0), row.get("rank_high", 0)
+    if not lo or (isinstance(lo, float) and math.isnan(lo)):
+        return "—"
+    return f"{int(lo)}" if lo == hi else f"{int(lo)}–{int(hi)}"
 
 
 def _columns(metric_names: tuple[str, ...], with_switch: bool) -> list[tuple]:
-    """(title, summary column, formatter, which value is best: "max" | "min" | None)."""
-    cols: list[tuple] = [(f"{m} ↑", m, None, "max") for m in metric_names]
+    """(title, summary column, formatter, which value is bold: "rank" (accuracy: no variant
+    significantly better), "min" (exact counts: the smallest) or None)."""
+    cols: list[tuple] = [(f"{m} ↑" + (" [95% CI]" if m == "accuracy" else ""), m, None,
+                          "rank" if m == "accuracy" else None) for m in metric_names]
     cols += [
+        ("rank", "rank_low", None, None),
+        (f"validation {metric_names[0]}", f"val_{metric_names[0]}", lambda v: f"{v:.3f}", None),
         ("n", "n", lambda v: f"{int(v)}", None),
         ("trainable params ↓", "trainable_params", fmt_count, "min"),
         ("% of total", "pct_trainable", lambda v: f"{v:.3f}%", None),
         ("of which head", "trainable_head_params", fmt_count, None),
         ("stored ↓", "stored_bytes", fmt_bytes, "min"),
-        ("peak train mem ↓", "peak_mem_train_bytes", fmt_bytes, "min"),
-        ("peak eval mem ↓", "peak_mem_eval_bytes", fmt_bytes, "min"),
-        ("train time ↓", "train_time_s", fmt_s, "min"),
-        ("step time ↓", "step_time_median_s", fmt_s, "min"),
+        ("peak train mem ↓", "peak_mem_train_bytes", fmt_bytes, None),
+        ("peak eval mem ↓", "peak_mem_eval_bytes", fmt_bytes, None),
+        ("train time ↓", "train_time_s", fmt_s, None),
+        ("step time ↓", "step_time_median_s", fmt_s, None),
     ]
     if with_switch:
-        cols += [("warm switch ↓", "warm_switch_s", _ms, "min"), ("cold switch ↓", "cold_switch_s", _ms, "min")]
+        cols += [("warm switch ↓", "warm_switch_s", fmt_ms, None), ("cold switch ↓", "cold_switch_s", fmt_ms, None)]
     return cols
 
 
@@ -114,24 +107,52 @@ def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> 
     if summary.empty:
         return "_no successful runs_"
     cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()))
-    shown = lambda fmt, v: f"{v:.3f}" if fmt is None else fmt(v)  # noqa: E731
-    # the best value, as displayed: values that print the same are tied and all marked
-    best = {title: shown(fmt, summary[col].max() if how == "max" else summary[col].min())
-            for title, col, fmt, how in cols if how and len(summary) > 1 and summary[col].notna().any()}
+    # the smallest exact count, as displayed: values that print the same are tied and all marked
+    best = {title: fmt(summary[col].min()) for title, col, fmt, how in cols
+            if how == "min" and len(summary) > 1 and summary[col].notna().any()}
     rows = []
     for _, r in summary.iterrows():
-        row = {"method": r["label"], "model": r["model"]}
-        for title, col, fmt, _ in cols:
+        flag = " — **did not train**" if r.get("did_not_train") else ""
+        row = {"method": r["label"] + flag, "model": r["model"]}
+        for title, col, fmt, how in cols:
             v = _num(r.get(col))
-            cell = _metric_cell(r, col) if col in metric_names else ("—" if v is None else fmt(v))
-            row[title] = f"**{cell}**" if v is not None and best.get(title) == shown(fmt, v) else cell
+            if col in metric_names:
+                cell = _metric_cell(r, col)
+                bold = how == "rank" and len(summary) > 1 and r.get("rank_low") == 1
+            elif col == "rank_low":
+                cell, bold = _rank(r), False
+            else:
+                cell = "—" if v is None else fmt(v)
+                bold = v is not None and best.get(title) == cell
+            row[title] = f"**{cell}**" if bold else cell
         rows.append(row)
     base = summary["majority_accuracy"].dropna()
     if len(base):
         row = {k: "—" for k in rows[0]}
-        row.update({"method": "majority class (baseline)", "accuracy ↑": f"{base.iloc[0]:.3f}"})
+        row.update({"method": "majority class (baseline)", "accuracy ↑ [95% CI]": f"{base.iloc[0]:.3f}"})
         rows.append(row)
     return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def _notes(rows: pd.DataFrame, metric: str) -> list[str]:
+    """Below a task's table: the runs that did not train, and what each search chose on validation."""
+    out = []
+    bad = rows[rows["did_not_train"].astype(bool)] if "did_not_train" in rows else rows.iloc[0:0]
+    if len(bad):
+        out += ["**Did not train:** " + "; ".join(f"{r['label']}: {r['did_not_train']}" for _, r in bad.iterrows()), ""]
+    searched = rows[rows["search"].notna()] if "search" in rows else rows.iloc[0:0]
+    if len(searched):
+        out += [f"Hyperparameters chosen on validation {metric} (mean over seeds; every method the same number "
+                "of trials; the test split was not read to choose):", ""]
+        table = []
+        for _, r in searched.iterrows():
+            for t in r["trials"]:
+                table.append({"variant": r["label"], "trial": ", ".join(f"{k}={v}" for k, v in t["values"].items()),
+                              f"validation {metric}": f"{t[f'validation {metric}']:.3f}", "seeds": t["seeds"],
+                              "chosen": "**chosen**" if t["chosen"] else ""})
+        out += [tabulate(pd.DataFrame(table), headers="keys", tablefmt="github", showindex=False,
+                         disable_numparse=True), ""]
+    return out
 
 
 def _fmt_wall(s: float | None) -> str:
@@ -160,58 +181,6 @@ def wall_time_s(records: list[ResultRecord]) -> float | None:
     except (TypeError, ValueError):
         return None
     return (max(ends) - min(starts)).total_seconds() if starts and ends else None
-
-
-def switch_tables(switch: list[dict]) -> str:
-    """Markdown tables of task-switch latency, serving memory and serving throughput."""
-    ok = [s for s in latest_switch(switch) if s.get("status") == "ok"]
-    if not ok:
-        return ""
-    rows, tput = [], []
-    for s in sorted(ok, key=lambda s: (s["model"], s["method"])):
-        label = s["method"]
-        rows.append({
-            "method": label, "model": s["model"], "tasks": ", ".join(s["tasks"]),
-            "warm switch (median / p90)": f"{_ms(s['warm_switch']['median_s'])} / {_ms(s['warm_switch']['p90_s'])}",
-            "cold switch (median / p90)": f"{_ms(s['cold_switch']['median_s'])} / {_ms(s['cold_switch']['p90_s'])}",
-            "forward alone (median / p90)": f"{_ms(s['forward']['median_s'])} / {_ms(s['forward']['p90_s'])}",
-            "first output, warm / cold": f"{_ms(s['warm_first_output']['median_s'])} / "
-                                         f"{_ms(s['cold_first_output']['median_s'])}",
-            "artifact per task": fmt_bytes(statistics.fmean(v for v in s["artifact_bytes"].values() if v is not None)),
-            "base weights": fmt_bytes(s.get("base_weight_bytes")),
-            f"memory serving {s['n_tasks']} tasks": fmt_bytes(s["serving_mem_bytes"]),
-        })
-        t = s.get("throughput", {})
-        mixed = t.get("mixed_examples_per_s")
-        tput.append({
-            "method": label, "model": s["model"],
-            "one artifact for all (ex/s)": f"{t.get('single_task_examples_per_s', 0):.1f}",
-            "grouped by task, switching (ex/s)": f"{t.get('grouped_examples_per_s', 0):.1f}",
-            "mixed batches (ex/s)": f"{mixed:.1f}" if mixed is not None else "n/a",
-            "mixed / one artifact": f"{t['mixed_over_single']:.2f}" if t.get("mixed_over_single") is not None else "n/a",
-            "why n/a": (t.get("mixed_unsupported") or "").split(": ", 1)[-1] if mixed is None else "",
-        })
-    first = ok[0]
-    head = (f"## Task switching\n\nOne frozen base model serving {first['n_tasks']} tasks ({', '.join(first['tasks'])}); "
-            f"batch of {first['batch_size']} test examples; median and p90 of {first['repeats']} repeats per ordered "
-            f"task pair after {first['warmup']} warm-up rounds (p90: nearest rank), device-synchronised; each figure "
-            f"timed directly, none derived as a difference. Warm switch: making the target task's already loaded "
-            f"artifact active, no forward pass inside. Cold switch: loading its artifact from its saved files and "
-            f"making it active (the OS page cache is {first['page_cache']}: the files were read moments before). "
-            f"Beside them: the forward pass alone, and the time to first output (switch + first forward, timed as "
-            f"one block). Full fine-tuning holds one full model per task. Memory: resident memory of the base model "
-            f"plus all tasks' artifacts over the process before loading ({first['serving_mem_kind']}; every "
-            f"loaded weight made resident, so never less than the base weights).\n\n")
-    table = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-    t2 = tabulate(pd.DataFrame(tput), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-    tp = first.get("throughput", {})
-    serving = ("## Serving throughput\n\nA stream of "
-               f"{tp.get('requests', '')} requests alternating between the tasks, in batches of "
-               f"{tp.get('batch_size', first['batch_size'])}: (a) mixed batches, each row served by its own task's artifact in one forward "
-               "pass; (b) the same requests grouped by task, switching between groups; (c) the same requests all "
-               f"served by one task's artifact (no switching, no mixing: the baseline). Best of "
-               f"{tp.get('repeats', 3)} passes, the three modes interleaved.\n\n")
-    return head + table + "\n\n" + serving + t2 + "\n"
 
 
 def _header(records: list[ResultRecord], command: str) -> list[str]:
@@ -287,13 +256,19 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         lines += [notes, ""]
     lines += _header(records, command)
     lines += [
-        "Columns: accuracy on the held-out test split, mean ± spread (the std over seeds, or the binomial "
-        "standard error over test examples for one seed), n = seeds; trainable params = parameters with "
-        "requires_grad while training (for encoders this includes the classification head every method "
-        "trains, shown as 'of which head'); stored = bytes of the saved artifact; peak memory = "
-        + memory_note(ok)
+        "Columns: accuracy on the held-out test split (never used for any choice), mean over seeds with "
+        "its 95% confidence interval, a bootstrap over test examples and seeds (`results/stats.py`); rank = "
+        "the ranks the variant may take in its task: every pair of variants compared paired on the same "
+        "test examples (exact McNemar test for one seed each, paired bootstrap for several), Holm-corrected "
+        "over all pairs at 5%; **bold accuracy: no other variant is significantly better**. Validation = the "
+        "score after the last step on the validation split (what hyperparameters are chosen on); n = seeds; "
+        "trainable params = parameters with requires_grad while training (for encoders this includes the "
+        "classification head every method trains, shown as 'of which head'); stored = bytes of the saved "
+        "artifact (bold: the smallest exact count); peak memory = " + memory_note(ok)
         + "; step time = median over training steps (first step excluded); switch = median task-switch "
-        "latency when measured (see Task switching). Bold: the best value of a ↑ / ↓ column.", ""]
+        "latency when measured (see Task switching). Time and memory have no interval here and are not "
+        "ranked. **did not train**: a run whose loss did not fall by 5%, or whose validation accuracy never "
+        "rose above the majority class by two standard errors (`results/aggregate.py: training_problem`).", ""]
     for task in sorted({r.run.task for r in records}):
         spec = TASKS.get(task) if task in TASKS else None
         names = spec.metrics if spec else ("accuracy",)
@@ -302,12 +277,15 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         if spec:
             lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
         lines += [table_from_summary(rows, names), ""]
+        lines += _notes(rows, names[0])
         if figures and not rows.empty:
             # (alt text, or None for the grid's list of figures), drawn below, all together
             jobs.append((len(lines), [
                 ("Pareto fronts: accuracy against trainable parameters and against peak training memory",
                  plots.pareto, (rows, names[0], out_dir, task)),
                 ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, task)),
+                ("Learning curves: training loss and validation score against step", plots.curves,
+                 (rows, names[0], out_dir, task)),
                 (None, plots.grid_plots, (rows, varying, names[0], out_dir, task))]))
             lines.append("")
     lines += [report_section(name, summary) for name in studies]

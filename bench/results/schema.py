@@ -4,8 +4,10 @@ One record per run, one JSON line in ``results.jsonl`` (``results.store``). Ever
 typed sections below (an unknown key is a ``TypeError``) and every reader reads their attributes;
 a number stays a number, a value not known is ``null``.
 
-Versions: 1 wrote only the keys a run produced (a failed run: ``run`` and ``error``); 2 (this one)
-writes every declared key of every section, ``null`` where unknown. Both are read; a key this
+Versions: 1 wrote only the keys a run produced (a failed run: ``run`` and ``error``); 2 writes
+every declared key of every section, ``null`` where unknown; 3 (this one) adds validation metrics,
+learning curves (``curves``), the per-example predictions file (``run.predictions``) and how a
+configuration was selected (``run.search``). Both are read; a key this
 version does not declare (a record from another writer) is kept in the section's ``extra`` and
 written back unchanged, so that merging stores never loses a value.
 
@@ -20,8 +22,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # switch.jsonl lines; 2: switches timed without a forward, first output beside
 SWITCH_SCHEMA_VERSION = 2
 
@@ -69,7 +71,13 @@ class RunInfo(Section):
     finished_at: str | None = None
     n_train: int | None = None  # training examples the run drew from
     n_test: int | None = None  # test examples it was scored on
+    n_validation: int | None = None  # validation examples it was selected on (0: none evaluated)
     artifact_dir: str | None = None  # the saved adapter / weights (what a user deploys)
+    # per-example predictions (``results.predictions``), relative to the store's folder
+    predictions: str | None = None
+    # the hyperparameter search this run is a trial of (``core.suite``): {"space": {field: [values]},
+    # "trial": {field: value}, "objective": "validation <metric>"}; null: configured by hand
+    search: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)
@@ -115,6 +123,7 @@ class Resources(Section):
     train_examples_per_s: float | None = None  # global rate over all processes
     eval_time_s: float | None = None
     eval_examples_per_s: float | None = None
+    val_time_s: float | None = None  # validation evaluations during training (not in train_time_s)
     train_steps: int | None = None  # optimizer steps taken
     first_loss: float | None = None  # mean of the first 10 steps' losses
     final_loss: float | None = None  # mean of the last 10
@@ -125,11 +134,20 @@ class Resources(Section):
 
 
 @dataclass(kw_only=True)
+class Curves(Section):
+    """Learning curves (``engine.loop``), bounded in size whatever the number of steps."""
+
+    train_loss: list[list[float]] | None = None  # [step, mean loss of the steps since the previous point]
+    validation: list[dict[str, float]] | None = None  # {"step": s, metric: value, ...} per evaluation point
+
+
+@dataclass(kw_only=True)
 class Baselines(Section):
     """What a model that learned nothing scores (``engine.measurement.majority_baseline``)."""
 
     majority_class: int | None = None  # the most frequent training label
     majority_accuracy: float | None = None  # test accuracy of always predicting it
+    majority_val_accuracy: float | None = None  # the same on the validation examples
 
 
 @dataclass(kw_only=True)
@@ -150,7 +168,8 @@ class Env(Section):
     distributed_type: str | None = None  # accelerate's: NO, MULTI_GPU, MULTI_CPU, ...
 
 
-_SECTION_TYPES = {"run": RunInfo, "params": Params, "resources": Resources, "baselines": Baselines, "env": Env}
+_SECTION_TYPES = {"run": RunInfo, "params": Params, "resources": Resources, "curves": Curves,
+                  "baselines": Baselines, "env": Env}
 
 
 @dataclass
@@ -158,12 +177,16 @@ class ResultRecord:
     run: RunInfo
     status: Status = "ok"
     error: str | None = None  # the last lines of the traceback (or why the run has no result)
-    metrics: dict[str, Metric] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)  # on the test split
+    validation: dict[str, Metric] = field(default_factory=dict)  # on the validation examples, after the last step
     params: Params = field(default_factory=Params)
     resources: Resources = field(default_factory=Resources)
+    curves: Curves = field(default_factory=Curves)
     baselines: Baselines = field(default_factory=Baselines)
     env: Env = field(default_factory=Env)
     schema_version: int = SCHEMA_VERSION
+    # where the record was read from (its store's folder; not written): predictions resolve from it
+    origin: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:  # a section given as a dict must hold declared keys only
         for name, cls in _SECTION_TYPES.items():
@@ -171,6 +194,7 @@ class ResultRecord:
             if isinstance(value, dict):
                 setattr(self, name, cls(**value))
         self.metrics = {k: Metric(**m) if isinstance(m, dict) else m for k, m in self.metrics.items()}
+        self.validation = {k: Metric(**m) if isinstance(m, dict) else m for k, m in self.validation.items()}
 
     @property
     def run_id(self) -> str:
@@ -182,9 +206,10 @@ class ResultRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run.to_dict(), "status": self.status, "error": self.error,
-                "metrics": {k: m.to_dict() for k, m in self.metrics.items()}, "params": self.params.to_dict(),
-                "resources": self.resources.to_dict(), "baselines": self.baselines.to_dict(),
-                "env": self.env.to_dict(), "schema_version": SCHEMA_VERSION}
+                "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+                "validation": {k: m.to_dict() for k, m in self.validation.items()}, "params": self.params.to_dict(),
+                "resources": self.resources.to_dict(), "curves": self.curves.to_dict(),
+                "baselines": self.baselines.to_dict(), "env": self.env.to_dict(), "schema_version": SCHEMA_VERSION}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
@@ -194,11 +219,12 @@ class ResultRecord:
         """A record of any readable version (``record_problem(d)`` must be None)."""
         return cls(run=RunInfo.from_dict(d["run"]), status=d.get("status", "ok"), error=d.get("error"),
                    metrics={k: Metric.from_dict(m) for k, m in (d.get("metrics") or {}).items()},
+                   validation={k: Metric.from_dict(m) for k, m in (d.get("validation") or {}).items()},
                    **{s: t.from_dict(d.get(s)) for s, t in _SECTION_TYPES.items() if s != "run"},
                    schema_version=d.get("schema_version", SCHEMA_VERSION))
 
 
-_TOP = {f.name for f in dataclasses.fields(ResultRecord)}
+_TOP = {f.name for f in dataclasses.fields(ResultRecord)} - {"origin"}
 
 
 def record_problem(d: object) -> str | None:
@@ -222,7 +248,9 @@ def record_problem(d: object) -> str | None:
         return "metrics are not {name: {value: number, ...}}"
     if d.get("status", "ok") == "ok" and not metrics:
         return "status ok but no metrics"
-    for sec in ("params", "resources", "baselines", "env"):
+    if not isinstance(d.get("validation") or {}, dict):
+        return "`validation` is not an object"
+    for sec in ("params", "resources", "curves", "baselines", "env"):
         if not isinstance(d.get(sec) or {}, dict):
             return f"`{sec}` is not an object"
     return None

@@ -106,6 +106,27 @@ def paired_difference(a, b, level: float = LEVEL, resamples: int = RESAMPLES, se
     return Estimate(value, low, high, level, float(p), test)
 
 
+def contrast(mats: list, weights: list[float], level: float = LEVEL, resamples: int = RESAMPLES,
+             seed: int = 0) -> Estimate:
+    """sum_i weights[i] * accuracy(mats[i]) over variants scored on the same examples (e.g. the
+    change of a gap between two model sizes: (ft_small - pt_small) - (ft_large - pt_large)), with a
+    bootstrap interval (examples resampled jointly for all, each variant's seeds with its own draw)
+    and the bootstrap's two-sided p-value against 0."""
+    ms = [_as_matrix(m) for m in mats]
+    if len({m.shape[1] for m in ms}) != 1:
+        raise ValueError(f"a contrast needs the same examples for every variant, got {[m.shape[1] for m in ms]}.")
+    rng = np.random.default_rng(seed)
+    n = ms[0].shape[1]
+    ex = rng.integers(0, n, size=(resamples, n))
+    total = np.zeros(resamples)
+    for m, w in zip(ms, weights):
+        total += w * _resample_means(m, ex, rng.integers(0, m.shape[0], size=(resamples, m.shape[0])))
+    low, high = _interval(total, level)
+    value = float(sum(w * m.mean() for m, w in zip(ms, weights)))
+    p = min(1.0, 2 * min(float((total <= 0).mean()), float((total >= 0).mean())))
+    return Estimate(value, low, high, level, max(p, 1 / resamples), f"bootstrap contrast ({resamples} resamples)")
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (same order as given)."""
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])

@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from peft_bench.core.paths import contained
+from peft_bench.results.predictions import predictions_path
 from peft_bench.results.schema import SCHEMA_VERSION, ResultRecord, record_problem
 
 
@@ -104,6 +107,7 @@ def read_records(path: Path, warn: bool = True) -> list[ResultRecord]:
             bad.append(f"line {i}: {problem}")
             continue
         rec = ResultRecord.from_dict(d)
+        rec.origin = Path(path).parent  # the record's relative paths (predictions) resolve from here
         by_id[rec.run_id] = rec
     if bad and warn:
         print(f"peftbench: warning: {path}: skipped {len(bad)} line(s) that are not valid records ("
@@ -175,7 +179,8 @@ def merge_stores(sources: list[Path], out_dir: Path) -> tuple[list[ResultRecord]
     already holds into ``out_dir/results.jsonl``, each run once: an ok record wins over a failed
     one, then the later finished. Written to a temporary file and renamed into place, so a crash
     leaves the old store whole. ``switch.jsonl`` lines are joined the same way (each line once).
-    Returns (the merged records, how many duplicate records were dropped)."""
+    Each kept record's predictions file is copied beside the merged store (its relative path stays
+    valid). Returns (the merged records, how many duplicate records were dropped)."""
     out_dir = Path(out_dir)
     files = [store_file(src, "each `merge` source") for src in sources]
     target = out_dir / "results.jsonl"
@@ -191,9 +196,17 @@ def merge_stores(sources: list[Path], out_dir: Path) -> tuple[list[ResultRecord]
             seen += 1
             if rec.run_id not in best or rank(rec) > rank(best[rec.run_id]):
                 best[rec.run_id] = rec
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for rec in best.values():
+        src = predictions_path(rec)
+        dst = out_dir / rec.run.predictions if rec.run.predictions else None
+        if src is not None and src.is_file() and dst is not None and src.resolve() != dst.resolve():
+            contained(dst, out_dir, "a predictions file").parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.merging")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
     switch_lines = list(dict.fromkeys(json.dumps(line, sort_keys=True) for f in files
                                       for line in read_json_lines(f.parent / "switch.jsonl")))
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, lines in (("results.jsonl", [r.to_json() for r in best.values()]), ("switch.jsonl", switch_lines)):
         if name == "switch.jsonl" and not lines:
             continue

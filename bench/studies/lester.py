@@ -1,38 +1,46 @@
 """Checks of the claims of Lester et al. (2021), "The Power of Scale for Parameter-Efficient Prompt
 Tuning", on whatever result records hold the runs each claim needs.
 
-The verdict is decided here, by ``RULE``, never by hand:
+The verdict is decided here, by ``RULE``, never by hand, from the paired statistics of
+``results.stats`` on the runs' per-example test predictions (``results.aggregate.compare_pair``):
 
-- Two variants are compared on a metric with ``peft_bench.results.aggregate.beats``: A is better than B when
-  mean(A) - mean(B) exceeds the larger of their spreads (the std over seeds, or the standard error
-  over test examples when a variant has one seed); worse when it is below minus that margin;
-  otherwise the difference is within the spread.
-- A claim is **supported** when every comparison it makes goes its way, **not supported** when any
-  comparison goes against it beyond the spread, and **inconclusive** otherwise (some difference is
-  within the spread).
-- Parameter counts have no spread; "orders of magnitude fewer" means at least ``ORDER``x fewer.
+- "A > B" (clearly better, trails): the paired difference A - B with its 95% CI and p-value,
+  Holm-corrected over the claim's comparisons: "better" only when significant;
+- "A ≥ B" and "little gain from A to B": non-inferiority against ``MARGIN`` (A - B ≥ -MARGIN, or
+  B - A ≤ MARGIN), decided by the whole 95% CI: an interval wider than the margin is inconclusive;
+- a claim is **supported** when every comparison goes its way, **not supported** when one goes
+  against it (significantly, or inferior), **inconclusive** otherwise, and whenever a variant has
+  no per-example predictions (no paired test is possible);
+- variants are chosen on validation, never on test (claim c's "best prompt-tuning variant");
+- parameter counts are exact: "orders of magnitude fewer" means at least ``ORDER``x fewer.
 
-Each check runs per (model, task) and returns None when the records lack the runs it needs.
+Each check runs per (model, task) (claim e per model family and task) and returns None when the
+records lack the runs it needs.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import pandas as pd
 
-from peft_bench.results.aggregate import beats
+from peft_bench.results import stats
+from peft_bench.results.aggregate import compare_pair
 
-RULE = ("A variant beats another when its mean accuracy exceeds the other's by more than the larger "
-        "of their spreads (std over seeds; the standard error over test examples for a single seed). "
-        "A claim is **supported** when every comparison it makes goes its way beyond the spread, **not "
-        "supported** when any comparison goes against it beyond the spread, and **inconclusive** "
-        "otherwise. \"Orders of magnitude fewer parameters\" means at least 10x fewer trainable and "
-        "stored parameters. Decided by `bench/studies/lester.py`.")
+MARGIN = 0.01  # accuracy points (as a fraction) a "≥" or "little gain" claim tolerates
 ORDER = 10
 METHOD = "prompt_tuning"
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+RULE = (f"Every comparison is paired on the same test examples (exact McNemar test for one seed each, paired "
+        f"bootstrap over examples and seeds for several) and given as the difference with its 95% CI. \"A > B\": "
+        f"A is significantly better (p < 0.05 after Holm's correction over the claim's comparisons). \"A ≥ B\" and "
+        f"\"little gain\": non-inferiority with a margin of {MARGIN * 100:g} accuracy point: the whole CI of A − B "
+        f"lies above −{MARGIN:g} (or of the gain, below +{MARGIN:g}); a CI wider than that is **inconclusive**, never "
+        "**supported**. A claim is **supported** when every comparison goes its way, **not supported** when one goes "
+        "against it, **inconclusive** otherwise. Variants are chosen on validation accuracy, never on test. \"Orders of "
+        f"magnitude fewer parameters\" means at least {ORDER}x fewer. Decided by `bench/studies/lester.py`.")
 
 
 @dataclass
@@ -45,16 +53,50 @@ class Claim:
     evidence: str
 
 
-def _verdict(outcomes: list[int]) -> str:
-    """+1 a comparison went the claim's way, -1 against it, 0 within the spread."""
-    if any(o < 0 for o in outcomes):
-        return NOT_SUPPORTED
-    return SUPPORTED if all(o > 0 for o in outcomes) else INCONCLUSIVE
+def _acc(r: pd.Series) -> str:
+    lo, hi = r.get("accuracy_low", math.nan), r.get("accuracy_high", math.nan)
+    ci = "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
+    return f"{r['accuracy']:.3f}{ci} (n={int(r['n'])})"
 
 
-def _acc(r: pd.Series, metric: str) -> str:
-    s = r[f"{metric}_spread"]
-    return f"{r[metric]:.3f}" + ("" if math.isnan(s) else f" ± {s:.3f}") + f" (n={int(r['n'])})"
+def _ci(d: stats.Estimate) -> str:
+    return f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
+@dataclass
+class Test:
+    """One comparison of a claim: a - b, tested for ``kind`` ("better": a significantly better;
+    "noninferior": a - b >= -MARGIN), with its names for the evidence."""
+
+    a_name: str
+    a: pd.Series
+    b_name: str
+    b: pd.Series
+    kind: str
+
+    def __post_init__(self):
+        self.diff = compare_pair(self.a.get("correct"), self.b.get("correct"))
+
+
+def _decide(tests: list[Test]) -> tuple[str, str]:
+    """The claim's verdict from its comparisons, and the evidence text."""
+    if any(t.diff is None for t in tests):
+        missing = sorted({n for t in tests for n, r in ((t.a_name, t.a), (t.b_name, t.b)) if r.get("correct") is None})
+        return INCONCLUSIVE, ("no per-example predictions for " + ", ".join(missing) + ": no paired test; "
+                              + "; ".join(f"{t.a_name} {_acc(t.a)} vs {t.b_name} {_acc(t.b)}" for t in tests))
+    adjusted = stats.holm([t.diff.p_value for t in tests])
+    outcomes, parts = [], []
+    for t, p in zip(tests, adjusted):
+        if t.kind == "better":
+            v = stats.verdict(t.diff, p_adjusted=p)
+            outcomes.append({stats.BETTER: 1, stats.WORSE: -1}.get(v, 0))
+        else:
+            v = stats.non_inferiority(t.diff, MARGIN)
+            outcomes.append({stats.NON_INFERIOR: 1, stats.INFERIOR: -1}.get(v, 0))
+        parts.append(f"{t.a_name} {_acc(t.a)} vs {t.b_name} {_acc(t.b)}: {_ci(t.diff)}, p = {t.diff.p_value:.3g} "
+                     f"(Holm {p:.3g}; {t.diff.test}) → **{v}**")
+    verdict = NOT_SUPPORTED if any(o < 0 for o in outcomes) else SUPPORTED if all(o > 0 for o in outcomes) else INCONCLUSIVE
+    return verdict, "; ".join(parts)
 
 
 def _axis_rows(pt: pd.DataFrame, axis: str, values: tuple, prefer: dict) -> list[pd.Series] | None:
@@ -64,7 +106,7 @@ def _axis_rows(pt: pd.DataFrame, axis: str, values: tuple, prefer: dict) -> list
     for _, r in pt.iterrows():
         cfg = r["config"]
         if cfg.get(axis) in values:
-            rest = repr(sorted((k, v) for k, v in cfg.items() if k != axis))
+            rest = repr(sorted((k, v) for k, v in cfg.items() if k not in (axis, "lr")))
             sets.setdefault(rest, {})[cfg.get(axis)] = r
     full = [s for s in sets.values() if all(v in s for v in values)]
     if not full:
@@ -73,90 +115,139 @@ def _axis_rows(pt: pd.DataFrame, axis: str, values: tuple, prefer: dict) -> list
     return [pick[v] for v in values]
 
 
-def _fmt_pairs(pairs: list[tuple[str, pd.Series, str, pd.Series, tuple]], metric: str) -> str:
-    words = {1: "better", -1: "worse", 0: "within the spread"}
-    return "; ".join(f"{a_name} {_acc(a, metric)} vs {b_name} {_acc(b, metric)}: {o[1]:+.3f}, margin {o[2]:.3f}, "
-                     f"{words[o[0]]}" for a_name, a, b_name, b, o in pairs)
+def _init_order(sampled: str):
+    def check(rows: pd.DataFrame) -> tuple[str, str] | None:
+        got = _axis_rows(rows[rows["method"] == METHOD], "init", ("class_label", sampled, "random"),
+                         {"num_virtual_tokens": 20})
+        if not got:
+            return None
+        cl, sv, rnd = got
+        verdict, text = _decide([Test("class_label", cl, sampled, sv, "noninferior"),
+                                 Test(sampled, sv, "random", rnd, "noninferior")])
+        return verdict, f"at {cl['config'].get('num_virtual_tokens')} tokens: {text}"
+    return check
 
 
-def init_order(rows: pd.DataFrame, metric: str) -> tuple[str, str] | None:
-    got = _axis_rows(rows[rows["method"] == METHOD], "init", ("class_label", "sample_vocab", "random"),
-                     {"num_virtual_tokens": 20})
-    if not got:
-        return None
-    cl, sv, rnd = got
-    pairs = [("class_label", cl, "sample_vocab", sv, beats(cl, sv, metric)),
-             ("sample_vocab", sv, "random", rnd, beats(sv, rnd, metric))]
-    return (_verdict([p[4][0] for p in pairs]),
-            f"at {cl['config'].get('num_virtual_tokens')} tokens: " + _fmt_pairs(pairs, metric))
-
-
-def prompt_length(rows: pd.DataFrame, metric: str) -> tuple[str, str] | None:
+def prompt_length(rows: pd.DataFrame) -> tuple[str, str] | None:
     got = _axis_rows(rows[rows["method"] == METHOD], "num_virtual_tokens", (1, 20, 100), {"init": "class_label"})
     if not got:
         return None
     one, twenty, hundred = got
-    clearly = beats(twenty, one, metric)
-    gain = beats(hundred, twenty, metric)
-    # part 2 ("little gain 20 -> 100") goes the claim's way unless 100 tokens beat 20 beyond the spread
-    outcomes = [clearly[0], -1 if gain[0] > 0 else 1]
-    return (_verdict(outcomes),
-            f"init={twenty['config'].get('init')}: "
-            + _fmt_pairs([("20 tokens", twenty, "1 token", one, clearly), ("100 tokens", hundred, "20 tokens", twenty, gain)],
-                         metric))
+    # "little gain 20 -> 100": 100 - 20 <= MARGIN, i.e. 20 is non-inferior to 100
+    verdict, text = _decide([Test("20 tokens", twenty, "1 token", one, "better"),
+                             Test("20 tokens", twenty, "100 tokens", hundred, "noninferior")])
+    return verdict, f"init={twenty['config'].get('init')}: {text}"
 
 
-def trails_full_finetuning(rows: pd.DataFrame, metric: str) -> tuple[str, str] | None:
+def _best_on_validation(rows: pd.DataFrame) -> pd.Series | None:
+    """The variant with the best validation accuracy (None when no variant has one: never test)."""
+    scored = rows[rows["val_accuracy"].notna()] if "val_accuracy" in rows else rows.iloc[0:0]
+    return None if scored.empty else scored.loc[scored["val_accuracy"].idxmax()]
+
+
+def trails_full_finetuning(rows: pd.DataFrame) -> tuple[str, str] | None:
     pt, ft = rows[rows["method"] == METHOD], rows[rows["method"] == "full_finetune"]
     if pt.empty or ft.empty:
         return None
-    best_pt = pt.loc[pt[metric].idxmax()]  # the variant most favourable to prompt tuning
-    ft = ft.loc[ft[metric].idxmax()]
-    o = beats(ft, best_pt, metric)
-    return (_verdict([o[0]]), _fmt_pairs([("full fine-tuning", ft, f"best {best_pt['label']}", best_pt, o)], metric))
+    best_pt, best_ft = _best_on_validation(pt), _best_on_validation(ft)
+    if best_pt is None or best_ft is None:
+        return INCONCLUSIVE, "no validation scores to choose the variants on (test is never used to choose)"
+    verdict, text = _decide([Test("full fine-tuning", best_ft, f"{best_pt['label']} (best on validation)",
+                                  best_pt, "better")])
+    return verdict, text
 
 
-def fewer_parameters(rows: pd.DataFrame, metric: str) -> tuple[str, str] | None:
-    pt = rows[rows["method"] == METHOD]
-    others = rows[rows["method"].isin(["full_finetune", "lora"])]
-    if pt.empty or others.empty:
-        return None
-    outcomes, parts = [], []
-    for _, o in others.iterrows():
+def _head(r: pd.Series) -> int:
+    h = r.get("trainable_head_params", math.nan)
+    return 0 if h is None or math.isnan(h) else int(h)
+
+
+def _fewer_than(other: str):
+    def check(rows: pd.DataFrame) -> tuple[str, str] | None:
+        pt, ref = rows[rows["method"] == METHOD], rows[rows["method"] == other]
+        if pt.empty or ref.empty:
+            return None
+        o = ref.iloc[0]
         ratios = []
+        head = _head(pt.iloc[0])  # the same head for every method of a model and task
         for _, p in pt.iterrows():
-            rt = o["trainable_params"] / p["trainable_params"]
-            rs = o["stored_params"] / p["stored_params"] if p["stored_params"] else rt
-            ratios.append((min(rt, rs), p))
-        outcomes += [1 if r >= ORDER else -1 for r, _ in ratios]
-        lo, hi = min(ratios, key=lambda x: x[0]), max(ratios, key=lambda x: x[0])
-        short = [f"{p['label']} only {r:,.1f}x" for r, p in ratios if r < ORDER]
-        parts.append(f"vs {o['label']} ({o['trainable_params']:,.0f} trainable / {o['stored_params']:,.0f} stored): "
-                     f"{lo[0]:,.0f}x ({lo[1]['label']}, {lo[1]['trainable_params']:,.0f}) to {hi[0]:,.0f}x "
-                     f"({hi[1]['label']}, {hi[1]['trainable_params']:,.0f}) fewer"
-                     + (f"; short of {ORDER}x: " + ", ".join(short) if short else ""))
-    return _verdict(outcomes), "; ".join(parts)
+            own = lambda r, col: r[col] - head  # noqa: E731
+            with_head = min(o["trainable_params"] / p["trainable_params"], o["stored_params"] / p["stored_params"])
+            without = min(own(o, "trainable_params") / own(p, "trainable_params"),
+                          own(o, "stored_params") / own(p, "stored_params"))
+            ratios.append((without, with_head, p))
+        worst = min(ratios, key=lambda x: x[0])
+        verdict = SUPPORTED if worst[0] >= ORDER else NOT_SUPPORTED
+        text = (f"{o['label']}: {o['trainable_params']:,.0f} trainable / {o['stored_params']:,.0f} stored; fewest ratio "
+                f"(of trainable and stored) {worst[0]:,.0f}x for {worst[2]['label']} "
+                f"({worst[2]['trainable_params'] - head:,.0f} own parameters)"
+                + (f"; counting the {head:,} head parameters every method trains on both sides: {worst[1]:,.0f}x"
+                   if head else "; no task head (nothing shared)")
+                + "; per variant (without / with head): "
+                + ", ".join(f"{p['label']} {a:,.0f}x / {b:,.0f}x" for a, b, p in ratios))
+        return verdict, text
+    return check
 
 
 CHECKS = [
-    ("a", "Prompt initialisation: class-label init ≥ sampled-vocabulary init ≥ random init.", init_order),
-    ("b", "Prompt length: 1 token is clearly worse than 20; going from 20 to 100 tokens gains little.", prompt_length),
+    ("a", "Prompt initialisation: class-label init ≥ sampled-vocabulary init (the paper's: uniform over the 5,000 "
+          "most frequent tokens) ≥ random init.", _init_order("sample_frequent")),
+    ("a′", "The same with peft's sampled-vocabulary init (uniform over the whole vocabulary).",
+     _init_order("sample_vocab")),
+    ("b", "Prompt length: 20 tokens > 1 token; going from 20 to 100 tokens gains little.", prompt_length),
     ("c", "At this model size, prompt tuning trails full fine-tuning.", trails_full_finetuning),
-    ("d", "Prompt tuning trains and stores orders of magnitude fewer parameters than full fine-tuning and LoRA.",
-     fewer_parameters),
+    ("d", "Prompt tuning trains and stores orders of magnitude fewer parameters than full fine-tuning.",
+     _fewer_than("full_finetune")),
+    ("d′", "(Not a claim of the paper) ... and than LoRA.", _fewer_than("lora")),
 ]
 
 
+def family(model: str) -> str:
+    """A model's family: its name without the size (``SmolLM2-360M-Instruct`` -> ``smollm2--instruct``)."""
+    return re.sub(r"\d+(\.\d+)?[mb](?![a-z])", "", str(model).lower())
+
+
+def gap_shrinks(rows: pd.DataFrame) -> tuple[str, str] | None:
+    """Claim (e): the gap full fine-tuning - best prompt tuning (each chosen on validation) is
+    smaller at the largest model of a family than at the smallest (a paired contrast on the
+    task's test examples)."""
+    gaps = []
+    for model, part in rows.groupby("model"):
+        pt = _best_on_validation(part[part["method"] == METHOD])
+        ft = _best_on_validation(part[part["method"] == "full_finetune"])
+        if pt is not None and ft is not None:
+            gaps.append((ft["total_params"], model, ft, pt))
+    if len(gaps) < 2:
+        return None
+    gaps.sort(key=lambda g: g[0])
+    (s_n, s_m, s_ft, s_pt), (l_n, l_m, l_ft, l_pt) = gaps[0], gaps[-1]
+    mats = [r.get("correct") for r in (s_ft, s_pt, l_ft, l_pt)]
+    desc = (f"gap at {s_m} ({s_n / 1e6:,.0f}M): {s_ft['accuracy'] - s_pt['accuracy']:+.3f}; at {l_m} "
+            f"({l_n / 1e6:,.0f}M): {l_ft['accuracy'] - l_pt['accuracy']:+.3f}")
+    if any(m is None for m in mats) or len({tuple(m[1]) for m in mats}) != 1:
+        return INCONCLUSIVE, desc + "; no shared per-example predictions: no paired test"
+    d = stats.contrast([m[0] for m in mats], [1, -1, -1, 1])
+    v = stats.verdict(d)
+    verdict = {stats.BETTER: SUPPORTED, stats.WORSE: NOT_SUPPORTED}.get(v, INCONCLUSIVE)
+    return verdict, f"{desc}; shrinkage {_ci(d)}, p = {d.p_value:.3g} ({d.test})"
+
+
 def check_claims(summary: pd.DataFrame, metric: str = "accuracy") -> list[Claim]:
-    """Every claim that the summary (``peft_bench.results.aggregate.summarize``) holds the runs for, per model and task."""
+    """Every claim the summary (``results.aggregate.summarize``) holds the runs for."""
     out = []
-    if summary.empty or metric not in summary:
+    if summary.empty or metric != "accuracy" or metric not in summary:
         return out
     for (model, task), rows in summary.groupby(["model", "task"], sort=True):
         for cid, statement, fn in CHECKS:
-            got = fn(rows, metric)
+            got = fn(rows)
             if got is not None:
                 out.append(Claim(cid, statement, model, task, got[0], got[1]))
+    fams = summary.assign(family=summary["model"].map(family))
+    for (fam, task), rows in fams.groupby(["family", "task"], sort=True):
+        got = gap_shrinks(rows)
+        if got is not None:
+            out.append(Claim("e", "The gap between prompt tuning and full fine-tuning shrinks with model size.",
+                             ", ".join(sorted(rows["model"].unique())), task, got[0], got[1]))
     return out
 
 
@@ -172,9 +263,9 @@ def report_section(summary: pd.DataFrame, metric: str = "accuracy") -> str:
     steps = sorted({int(x) for x in summary.get("steps", pd.Series(dtype=float)).dropna()})
     scope = ("Scope: these verdicts are about this setting only — "
              + (f"{', '.join(map(str, steps))} training steps, " if steps else "")
-             + f"{int(summary['n'].max())} seed(s) per variant, the models and tasks named in each row. The paper "
-             "trained T5 models of up to 11B parameters for 30,000 steps; a claim that does not hold here may hold "
-             "there, and with two seeds a standard deviation is itself a rough estimate.")
+             + f"{int(summary['n'].min())}–{int(summary['n'].max())} seed(s) per variant, the models and tasks named "
+             "in each row. The paper trained T5 models of up to 11B parameters for 30,000 steps; a claim that does not "
+             "hold here may hold there.")
     return ("## Claims of Lester et al. (2021), checked on these runs\n\n" + RULE + "\n\n" + scope + "\n\n"
             + tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
             + "\n")

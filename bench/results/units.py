@@ -1,0 +1,29 @@
+"""How a count, a size and a duration are written in tables (one place for every table)."""
+
+from __future__ import annotations
+
+
+def fmt_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f} s" if x < 1 else f"{x:.1f} s"
+
+
+def fmt_ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
