@@ -200,8 +200,12 @@ def _header(records: list[ResultRecord], command: str) -> list[str]:
         f"| training | {tr.get('steps')} steps × batch {tr.get('batch_size')}, AdamW, linear warm-up "
         f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')}, "
         f"mixed precision {tr.get('mixed_precision')} |",
-        f"| data | up to {tr.get('n_train')} training examples per task; test examples: "
+        f"| data | up to {tr.get('n_train')} training examples per task; validation examples: "
+        + (", ".join(f"{t} {n}" for t, n in sorted({(r.run.task, r.run.n_validation) for r in ok}))
+           if any(r.run.n_validation for r in ok) else "none")
+        + f" ({tr.get('eval_points', 0)} evaluation points); test examples: "
         + ", ".join(f"{t} {n}" for t, n in n_test) + " |",
+        f"| hyperparameters | {_selection(ok)} |",
         f"| seeds | {', '.join(map(str, sorted({(r.run.train or {}).get('seed') for r in records})))} |",
         f"| runs | {len(records)} ({len(ok)} ok); {_fmt_wall(wall_time_s(records))} from the first run's start to the "
         f"last run's end; the runs' own wall times sum to "
@@ -211,6 +215,18 @@ def _header(records: list[ResultRecord], command: str) -> list[str]:
         f"| commit | {env.git_commit}{' (dirty)' if env.git_dirty else ''} |",
         f"| reproduce | `{command}` |", "",
     ]
+
+
+def _selection(records: list[ResultRecord]) -> str:
+    """How each method's configuration was chosen (``run.search``)."""
+    searched = sorted({r.run.method for r in records if r.run.search})
+    by_hand = sorted({r.run.method for r in records if not r.run.search})
+    parts = []
+    if searched:
+        parts.append("chosen on validation (`[search]`, below each table) for " + ", ".join(searched))
+    if by_hand:
+        parts.append("set by hand (the suite's values or the methods' defaults; no search) for " + ", ".join(by_hand))
+    return "; ".join(parts) or "—"
 
 
 def lock_summary(records: list[ResultRecord]) -> str:

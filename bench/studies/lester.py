@@ -59,6 +59,11 @@ def _acc(r: pd.Series) -> str:
     return f"{r['accuracy']:.3f}{ci} (n={int(r['n'])})"
 
 
+def _ratio(x: float) -> str:
+    """A parameter ratio, with a decimal where rounding could hide that it is short of ``ORDER``."""
+    return f"{x:,.1f}x" if x < 100 else f"{x:,.0f}x"
+
+
 def _ci(d: stats.Estimate) -> str:
     return f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
 
@@ -179,12 +184,12 @@ def _fewer_than(other: str):
         worst = min(ratios, key=lambda x: x[0])
         verdict = SUPPORTED if worst[0] >= ORDER else NOT_SUPPORTED
         text = (f"{o['label']}: {o['trainable_params']:,.0f} trainable / {o['stored_params']:,.0f} stored; fewest ratio "
-                f"(of trainable and stored) {worst[0]:,.0f}x for {worst[2]['label']} "
+                f"(of trainable and stored) {_ratio(worst[0])} for {worst[2]['label']} "
                 f"({worst[2]['trainable_params'] - head:,.0f} own parameters)"
-                + (f"; counting the {head:,} head parameters every method trains on both sides: {worst[1]:,.0f}x"
+                + (f"; counting the {head:,} head parameters every method trains on both sides: {_ratio(worst[1])}"
                    if head else "; no task head (nothing shared)")
                 + "; per variant (without / with head): "
-                + ", ".join(f"{p['label']} {a:,.0f}x / {b:,.0f}x" for a, b, p in ratios))
+                + ", ".join(f"{p['label']} {_ratio(a)} / {_ratio(b)}" for a, b, p in ratios))
         return verdict, text
     return check
 
@@ -263,7 +268,8 @@ def report_section(summary: pd.DataFrame, metric: str = "accuracy") -> str:
     steps = sorted({int(x) for x in summary.get("steps", pd.Series(dtype=float)).dropna()})
     scope = ("Scope: these verdicts are about this setting only — "
              + (f"{', '.join(map(str, steps))} training steps, " if steps else "")
-             + f"{int(summary['n'].min())}–{int(summary['n'].max())} seed(s) per variant, the models and tasks named "
+             + (f"{int(summary['n'].min())}–{int(summary['n'].max())}" if summary["n"].min() != summary["n"].max()
+                else f"{int(summary['n'].max())}") + " seed(s) per variant, the models and tasks named "
              "in each row. The paper trained T5 models of up to 11B parameters for 30,000 steps; a claim that does not "
              "hold here may hold there.")
     return ("## Claims of Lester et al. (2021), checked on these runs\n\n" + RULE + "\n\n" + scope + "\n\n"
