@@ -114,13 +114,14 @@ def run(suite: str | Path | Suite = "quick", out: str | Path = "results",
     # one writer per store, from before it decides what is left to run: a second suite on it is refused
     with store_lock(out_dir) if writing else contextlib.nullcontext():
         todo, recorded = select(specs, result.results, mode)
+        todo = _runnable(todo, suite, result)  # deferred trials wait for the choice on the search seeds
         todo_ids = set(distributed.broadcast([s.run_id for s in todo]))  # the main process's view, for all
         result.todo = [s for s in specs if s.run_id in todo_ids]
         say(f"suite {suite.name} ({suite.path}){f' shard {shard[0]}/{shard[1]}' if shard else ''}: {len(specs)} runs, "
             f"{len(specs) - len(result.todo)} skipped (already recorded in {result.results}), {len(result.todo)} to run"
             + (f", each on {distributed.state().num_processes} processes" if launched else ""))
         if dry_run:
-            _log_plan(specs, result.todo, recorded, Path(out), say)
+            _log_plan(specs, result.todo, recorded, Path(out), say, suite.deferred)
             return result
         if server_first and result.todo and not shard:
             from peft_bench.results import plots
@@ -128,29 +129,46 @@ def run(suite: str | Path | Suite = "quick", out: str | Path = "results",
             plots.warm_up()  # while the run server still imports (see its doc)
         _execute(result, executor=executor, isolate=isolate, isolate_here=isolate_here, timeout=timeout,
                  switch=switch, shard=shard, out=Path(out), ray=(ray_address, cpus_per_run, gpus_per_run),
-                 command=command or _command(suite, overrides, out), say=say)
+                 command=command or _command(suite, overrides, out), say=say, mode=mode)
     return result
 
 
 def _execute(result: SuiteRun, *, executor, isolate, isolate_here, timeout, switch, shard, out: Path, ray,
-             command: str, say) -> None:
+             command: str, say, mode: Mode = "resume") -> None:
     """The part of ``run`` that runs: executor, then (main process) switching and the report."""
     from peft_bench.engine import distributed
-    from peft_bench.execution.local import run_local
+    from peft_bench.execution.local import run_local, select
     from peft_bench.results.report import write_report
     from peft_bench.results.store import read_json_lines, read_records
 
     suite, out_dir = result.suite, result.out_dir
     main = distributed.is_main()
-    if executor == "ray":
-        from peft_bench.execution.ray_tasks import run_ray
 
-        address, cpus, gpus = ray
-        result.outcome = run_ray(result.todo, out_dir, address=address, cpus_per_run=cpus, gpus_per_run=gpus,
-                                 timeout_s=timeout, memory_limit_gb=suite.memory_limit_gb, isolate=isolate, log=say)
-    else:
-        result.outcome = run_local(result.todo, out_dir, isolate=isolate_here, timeout_s=timeout,
-                                   memory_limit_gb=suite.memory_limit_gb, write=main, log=say)
+    def execute(specs: list):
+        if executor == "ray":
+            from peft_bench.execution.ray_tasks import run_ray
+
+            address, cpus, gpus = ray
+            return run_ray(specs, out_dir, address=address, cpus_per_run=cpus, gpus_per_run=gpus, timeout_s=timeout,
+                           memory_limit_gb=suite.memory_limit_gb, isolate=isolate, log=say)
+        return run_local(specs, out_dir, isolate=isolate_here, timeout_s=timeout,
+                         memory_limit_gb=suite.memory_limit_gb, write=main, log=say)
+
+    result.outcome = execute(result.todo)
+    if suite.deferred and not shard and not result.outcome.interrupted:
+        # the trials on the search seeds are done: the chosen ones run their other seeds (decided
+        # by the main process, which wrote the records, for every process of a launch)
+        done = {s.run_id for s in result.todo}
+        rest = [s for s in _runnable(select(suite.runs, result.results, mode)[0], suite, result)
+                if s.run_id not in done and s.run_id in suite.deferred] if main else []
+        ids = set(distributed.broadcast([s.run_id for s in rest]))
+        rest = [s for s in suite.runs if s.run_id in ids]
+        if rest:
+            say(f"chosen on validation: {len(rest)} more run(s), the chosen trials on the other seeds")
+            more = execute(rest)
+            result.todo += rest
+            result.outcome.records += more.records
+            result.outcome.interrupted = more.interrupted
     if not main:
         return
     result.records = read_records(result.results) if result.results.exists() else []
@@ -160,7 +178,9 @@ def _execute(result: SuiteRun, *, executor, isolate, isolate_here, timeout, swit
         root, (i, n) = out / suite.name, shard
         say(f"shard {i}/{n} done: {result.results}. When every shard is done:\n"
             f"  peftbench merge {root}/shard-*-of-{n} --out {root}\n"
-            f"  then `peftbench switch {root}` (if the suite measures switching) and `peftbench report {root}`")
+            f"  then `peftbench switch {root}` (if the suite measures switching) and `peftbench report {root}`"
+            + (f"\n  (the suite's `search_seeds`: then `peftbench run {suite.path} --out {out}` runs the chosen "
+               "trials on the other seeds)" if suite.deferred else ""))
         return
     if suite.switch and switch:
         from peft_bench.serving.suite import run_switch
@@ -177,21 +197,42 @@ def _execute(result: SuiteRun, *, executor, isolate, isolate_here, timeout, swit
                               f"`peftbench report {out_dir}` writes it once there is room."
 
 
-def _log_plan(specs, todo, recorded: dict, out: Path, say) -> None:
-    """A dry run: every run with its state and, from measured runs, an estimate of its time."""
+def _runnable(todo: list, suite: Suite, result: SuiteRun) -> list:
+    """``todo`` without the deferred trials that are not (yet) the chosen ones."""
+    if not suite.deferred:
+        return todo
+    from peft_bench.results.selection import eligible
+    from peft_bench.results.store import read_records
+
+    records = read_records(result.results) if result.results.exists() else []
+    ok = {s.run_id for s in eligible([s for s in todo if s.run_id in suite.deferred], records)}
+    return [s for s in todo if s.run_id not in suite.deferred or s.run_id in ok]
+
+
+def _log_plan(specs, todo, recorded: dict, out: Path, say, deferred=frozenset()) -> None:
+    """A dry run: every run with its state and, from measured runs, an estimate of its time (a
+    deferred trial waiting for the choice counts as its share: one trial of its search runs)."""
     from peft_bench.core.paths import CHECKOUT
     from peft_bench.execution.local import estimate_s, known_records
     from peft_bench.results.units import fmt_s
 
+    import math
+
     known = known_records(out, CHECKOUT / "reports")
-    total, unknown = 0.0, 0
+    total, unknown, later = 0.0, 0, 0.0
+    waiting = [s for s in specs if s.run_id in deferred and s not in todo and s.run_id not in recorded]
     for s in specs:
-        est = estimate_s(s, known) if s in todo else None
-        total += est or 0.0
-        unknown += s in todo and est is None
-        state = recorded.get(s.run_id, "todo") if s in todo else f"skip ({recorded.get(s.run_id)})"
+        est = estimate_s(s, known) if s in todo or s in waiting else None
+        if s in waiting:  # one trial of its search will run these seeds
+            later += (est or 0.0) / math.prod(len(v) for v in s.search["space"].values())
+            state = "after choice"
+        else:
+            total += est or 0.0
+            unknown += s in todo and est is None
+            state = recorded.get(s.run_id, "todo") if s in todo else f"skip ({recorded.get(s.run_id)})"
         say(f"  {state:<14} {s.run_id:<60} {'~' + fmt_s(est) if est is not None else ''}")
-    say(f"estimated time: ~{total / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
+    say(f"estimated time: ~{(total + later) / 60:.1f} min for {len(todo) - unknown} runs with measured step times"
+        + (f" and the chosen trials' other seeds (~{later / 60:.1f} min)" if waiting else "")
         + (f"; {unknown} runs have none (no earlier run of that model and task)" if unknown else ""))
 
 

@@ -43,7 +43,7 @@ def test_suite_overhead_times_a_suite_and_breaks_the_difference_down(tmp_path):
     t0 = time.perf_counter()
     text = suite_overhead(str(suite), log=lambda m: None)
     outside = time.perf_counter() - t0
-    head = re.search(r"\((fresh process, 2 runs)\): wall ([\d.]+) s; sum of pure training \+ evaluation ([\d.]+) s; "
+    head = re.search(r"\((fresh process, 2 runs)\): wall ([\d.]+) s; sum of pure training \+ evaluation \(test and validation\) ([\d.]+) s; "
                      r"\*\*ratio ([\d.]+)\*\*", text)
     assert head, text
     wall, pure, ratio = map(float, head.groups()[1:])

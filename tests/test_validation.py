@@ -96,7 +96,8 @@ eval_points = 1
     trials = [s for s in suite.runs if s.search]
     assert len(trials) == 4 and len(suite.runs) == 5  # zero_shot trains nothing: one run, no search
     assert {s.method_config["lr"] for s in trials if s.method == "lora"} == {1e-3, 1e-2}
-    assert trials[0].search == {"space": {"lr": [1e-3, 1e-2]}, "trial": {"lr": 1e-3}, "objective": "validation accuracy"}
+    assert trials[0].search == {"space": {"lr": [1e-3, 1e-2]}, "trial": {"lr": 1e-3}, "objective": "validation accuracy",
+                                "seeds": [0]}
     unequal = tmp_path / "unequal.toml"
     unequal.write_text(base + "[search.lora]\nlr = [1e-3, 1e-2, 3e-2]\n[search.prompt_tuning]\nlr = [0.03, 0.3]\n")
     with pytest.raises(SuiteError, match=r"same number of trials .* got lora 3, prompt_tuning 2"):
@@ -138,3 +139,53 @@ def test_merge_carries_the_predictions(tmp_path):
     assert (tmp_path / "all" / r.run.predictions).is_file()
     again = load_records(tmp_path / "all")[0]
     assert read_predictions(again) == read_predictions(r)
+
+
+def test_search_seeds_run_the_trials_on_one_seed_and_the_chosen_trial_on_the_others(tmp_path, capsys):
+    from peft_bench import run_suite, summarize
+    from peft_bench.cli import main
+    from peft_bench.core.suite import load_suite
+
+    path = tmp_path / "s.toml"
+    path.write_text("""
+name = "s"
+models = ["tiny-bert"]
+tasks = ["dummy"]
+methods = ["lora", "full_finetune"]
+seeds = [0, 1, 2]
+search_seeds = [0]
+[search.lora]
+lr = [1e-4, 3e-3]
+[search.full_finetune]
+lr = [1e-6, 1e-3]
+[train]
+steps = 30
+batch_size = 16
+n_train = 300
+n_test = 32
+n_validation = 64
+eval_points = 1
+""")
+    suite = load_suite(str(path))
+    assert len(suite.runs) == 12 and len(suite.deferred) == 8  # 2 methods x 2 trials x seeds 1, 2
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("after choice") == 8 and "4 to run" in plan
+    records = run_suite(str(path), out=tmp_path / "out", isolate=False, switch=False)
+    assert len(records) == 8  # 4 trials on seed 0, then the 2 chosen trials on seeds 1 and 2
+    s = summarize(records)
+    assert sorted(s["n"]) == [3, 3]
+    for _, row in s.iterrows():
+        trials = {t["values"]["lr"]: t for t in row["trials"]}
+        chosen = next(lr for lr, t in trials.items() if t["chosen"])
+        assert row["search"] == {"lr": chosen} and all(t["seeds"] == 1 for t in trials.values())
+        # chosen on seed 0's validation score alone
+        seed0 = {r.run.method_config["lr"]: r.validation["accuracy"].value for r in records
+                 if r.run.method == row["method"] and r.run.train["seed"] == 0}
+        assert seed0[chosen] == max(seed0.values())
+    again = run_suite(str(path), out=tmp_path / "out", isolate=False, switch=False)
+    assert len(again) == 8  # resumed: nothing left to run
+    bad = tmp_path / "bad.toml"
+    bad.write_text(path.read_text().replace("search_seeds = [0]", "search_seeds = [7]"))
+    with pytest.raises(ValueError, match=r"`search_seeds` must be a non-empty list of seeds from `seeds`"):
+        load_suite(str(bad))

@@ -19,6 +19,8 @@
     [search.lora]                      # hyperparameters chosen on validation: every variant of the
     lr = [3e-4, 1e-3, 3e-3]            # method runs once per point (a trial); every method that
                                        # trains gets the same number of trials (equal budget)
+    search_seeds = [0]                 # optional: trials run on these seeds only; the chosen trial
+                                       # then runs the other seeds (default: every seed)
     switch = true                      # then measure task switching and serving (peft_bench.serving)
     studies = ["lester"]               # report sections of studies (peft_bench.studies)
 
@@ -47,7 +49,7 @@ SUITES_DIR = PACKAGE_DIR / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
             "seeds": list, "train": dict, "method": dict, "grid": dict, "task_source": dict,
             "timeout_s": (int, float), "memory_limit_gb": (int, float), "trust_remote_code": list,
-            "switch": bool, "switch_repeats": int, "studies": list, "search": dict}
+            "switch": bool, "switch_repeats": int, "studies": list, "search": dict, "search_seeds": list}
 
 
 class SuiteError(ValueError):
@@ -67,6 +69,9 @@ class Suite:
     switch: bool = False  # after the runs, measure task switching / serving (peft_bench.serving)
     switch_repeats: int = 20
     studies: tuple[str, ...] = ()  # report sections of studies (peft_bench.studies), e.g. ("lester",)
+    # run ids of trials on seeds outside ``search_seeds``: each runs only if its trial is the one
+    # chosen on validation from the trials on the search seeds (``results.selection.eligible``)
+    deferred: frozenset[str] = frozenset()
 
 
 def builtin_suites() -> list[str]:
@@ -163,6 +168,11 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
         if m not in method_names:
             problems.append(f"[grid.{m}] is a grid for a method that is not in `methods` ({', '.join(method_names)}).")
     trials = _search_trials(data.get("search", {}), method_names, method_cfgs, data.get("grid", {}), train, problems)
+    search_seeds = data.get("search_seeds", seeds)
+    if "search_seeds" in data and (not data.get("search") or not isinstance(search_seeds, list) or not search_seeds
+                                   or any(x not in seeds for x in search_seeds)):
+        problems.append(f"`search_seeds` must be a non-empty list of seeds from `seeds` ({seeds!r}), with a "
+                        f"[search.<method>] table to run on them, got {search_seeds!r}.")
     sources: dict[str, str] = data.get("task_source", {})
     for t, v in list(sources.items()):
         if not isinstance(v, str) or not v:
@@ -197,23 +207,26 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
         raise SuiteError(str(path), list(dict.fromkeys(problems)))
 
     runs: dict[str, RunSpec] = {}
+    deferred: set[str] = set()
     for mo in model_names:
         for t in task_names:
             for me in method_names:
                 for cfg, trial in itertools.product(variants[me], trials.get(me) or [None]):
                     search = None if trial is None else {
                         "space": data["search"][me], "trial": trial,
-                        "objective": f"validation {TASKS.get(t).main_metric}"}
+                        "objective": f"validation {TASKS.get(t).main_metric}", "seeds": list(search_seeds)}
                     for s in seeds:
                         spec = RunSpec(model=mo, task=t, method=me, method_config={**cfg, **(trial or {})},
                                        train=dataclasses.replace(train, seed=s), task_source=sources.get(t),
                                        trust_remote_code=mo in trusted, suite=name,
                                        search=search).resolve(model_checked=True)
                         runs.setdefault(spec.run_id, spec)  # overlapping grids: each run once
+                        if search is not None and s not in search_seeds:
+                            deferred.add(spec.run_id)
     return Suite(name=name, description=data.get("description", ""), path=str(path), runs=list(runs.values()),
                  timeout_s=data.get("timeout_s"), memory_limit_gb=data.get("memory_limit_gb"),
                  switch=data.get("switch", False), switch_repeats=data.get("switch_repeats", 20),
-                 studies=tuple(data.get("studies", ())))
+                 studies=tuple(data.get("studies", ())), deferred=frozenset(deferred))
 
 
 def _machine_problems(train: TrainConfig) -> list[str]:

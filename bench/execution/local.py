@@ -175,7 +175,8 @@ def shard(specs: list[RunSpec], i: int, n: int) -> list[RunSpec]:
 
 def estimate_s(spec: RunSpec, known: list[ResultRecord]) -> float | None:
     """Seconds for ``spec`` from measured runs of the same model and task (same method if any):
-    load + steps x median step time + evaluation scaled to the number of test examples."""
+    load + steps x median step time + evaluation scaled to the number of examples it scores (test,
+    and validation at each evaluation point)."""
     same = [r for r in known if r.status == "ok" and r.run.model == spec.model
             and r.run.task == spec.task and r.resources.step_time_median_s]
     mine = [r for r in same if r.run.method == spec.method] or same
@@ -184,7 +185,8 @@ def estimate_s(spec: RunSpec, known: list[ResultRecord]) -> float | None:
     med = lambda k: statistics.median(getattr(r.resources, k) or 0.0 for r in mine)  # noqa: E731
     per_test = statistics.median((r.resources.eval_time_s or 0.0) / max(1, r.run.n_test or 1) for r in mine)
     n_test = spec.train.n_test or max(r.run.n_test or 0 for r in mine)
-    return med("load_time_s") + spec.train.steps * med("step_time_median_s") + per_test * n_test
+    n_val = spec.train.n_validation * spec.train.eval_points  # (0 = all: counted as none, unknown here)
+    return med("load_time_s") + spec.train.steps * med("step_time_median_s") + per_test * (n_test + n_val)
 
 
 def known_records(*roots: Path) -> list[ResultRecord]:

@@ -42,7 +42,8 @@ import pandas as pd
 
 from peft_bench.results import stats
 from peft_bench.results.predictions import correctness
-from peft_bench.results.schema import SWITCH_SCHEMA_VERSION, ResultRecord, RunInfo
+from peft_bench.results.schema import SWITCH_SCHEMA_VERSION, ResultRecord
+from peft_bench.results.variants import group, settings
 
 PARAM_COLUMNS = ("trainable_params", "total_params", "trainable_head_params", "stored_params", "stored_bytes")
 RESOURCE_COLUMNS = ("peak_mem_train_bytes", "peak_mem_eval_bytes", "train_time_s", "step_time_median_s",
@@ -50,29 +51,6 @@ RESOURCE_COLUMNS = ("peak_mem_train_bytes", "peak_mem_eval_bytes", "train_time_s
 SWITCH_COLUMNS = {"warm_switch_s": "warm_switch", "cold_switch_s": "cold_switch", "forward_s": "forward",
                   "warm_first_output_s": "warm_first_output", "cold_first_output_s": "cold_first_output"}
 HIGHER_IS_BETTER_COLUMNS = {"eval_examples_per_s", "train_examples_per_s"}
-
-
-def settings(run: RunInfo) -> dict:
-    """What defines a run besides model, task, method and method config, without its seed: the
-    training settings and the data (its source and fingerprint)."""
-    out = {k: v for k, v in (run.train or {}).items() if k != "seed"}
-    for k in ("task_source", "data"):
-        if getattr(run, k) is not None:
-            out[k] = getattr(run, k)
-    return out
-
-
-def variant_key(run: RunInfo) -> tuple:
-    """Everything that defines a run except its seed: runs with the same key are pooled as seeds."""
-    return (run.model, run.task, run.method, repr(sorted(run.method_config.items())),
-            repr(sorted(settings(run).items())))
-
-
-def group(records: list[ResultRecord]) -> dict[tuple, list[ResultRecord]]:
-    groups: dict[tuple, list[ResultRecord]] = defaultdict(list)
-    for r in records:
-        groups[variant_key(r.run)].append(r)
-    return groups
 
 
 def natural_key(text: str) -> list:

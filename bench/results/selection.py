@@ -33,8 +33,11 @@ def objective_metric(search: dict) -> str:
 
 
 def val_score(recs: list[ResultRecord], metric: str) -> float:
-    """Mean over seeds of the validation score (NaN when any seed has none: not comparable)."""
-    vals = [r.validation[metric].value if metric in r.validation else math.nan for r in recs]
+    """Mean over the search's seeds (``search["seeds"]``; all when it names none) of the validation
+    score (NaN when one of them has none: not comparable)."""
+    seeds = (recs[0].run.search or {}).get("seeds")
+    vals = [r.validation[metric].value if metric in r.validation else math.nan for r in recs
+            if seeds is None or (r.run.train or {}).get("seed") in seeds]
     return statistics.fmean(vals) if vals and not any(math.isnan(v) for v in vals) else math.nan
 
 
@@ -66,6 +69,19 @@ def select(groups: dict[tuple, list[ResultRecord]]) -> tuple[dict[tuple, list[Re
         values = {f: groups[best][0].run.method_config.get(f) for f in space}
         trials = [{"values": {f: groups[k][0].run.method_config.get(f) for f in space},
                    f"validation {metric}": scores[k], "seeds": len(groups[k]), "chosen": k == best} for k in keys]
+        if search.get("seeds") is not None:  # chosen on the search seeds: count those
+            for t, k in zip(trials, keys):
+                t["seeds"] = sum((r.run.train or {}).get("seed") in search["seeds"] for r in groups[k])
         kept[best] = groups[best]
         chosen[best] = (values, trials)
     return kept, chosen
+
+
+def eligible(specs: list, records: list[ResultRecord]) -> list:
+    """The deferred trial specs (``core.suite.Suite.deferred``) whose trial is the one chosen on
+    validation from ``records`` (the trials on the search seeds): the runs left to do."""
+    from peft_bench.results.schema import RunInfo
+    from peft_bench.results.variants import group, variant_key
+
+    _, chosen = select(group([r for r in records if r.status == "ok"]))
+    return [s for s in specs if variant_key(RunInfo(run_id=s.run_id, **s.as_dict())) in chosen]
