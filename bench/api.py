@@ -117,8 +117,11 @@ def run(suite: str | Path | Suite = "quick", out: str | Path = "results",
         todo = _runnable(todo, suite, result)  # deferred trials wait for the choice on the search seeds
         todo_ids = set(distributed.broadcast([s.run_id for s in todo]))  # the main process's view, for all
         result.todo = [s for s in specs if s.run_id in todo_ids]
+        waiting = sum(s.run_id in suite.deferred and s.run_id not in recorded and s not in result.todo for s in specs)
         say(f"suite {suite.name} ({suite.path}){f' shard {shard[0]}/{shard[1]}' if shard else ''}: {len(specs)} runs, "
-            f"{len(specs) - len(result.todo)} skipped (already recorded in {result.results}), {len(result.todo)} to run"
+            f"{len(specs) - len(result.todo) - waiting} skipped (already recorded in {result.results}), "
+            f"{len(result.todo)} to run"
+            + (f", then the chosen of {waiting} trial run(s) on the other seeds" if waiting else "")
             + (f", each on {distributed.state().num_processes} processes" if launched else ""))
         if dry_run:
             _log_plan(specs, result.todo, recorded, Path(out), say, suite.deferred)

@@ -170,7 +170,7 @@ eval_points = 1
     assert len(suite.runs) == 12 and len(suite.deferred) == 8  # 2 methods x 2 trials x seeds 1, 2
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     plan = capsys.readouterr().out
-    assert plan.count("after choice") == 8 and "4 to run" in plan
+    assert plan.count("after choice") == 8 and "0 skipped" in plan and "4 to run, then the chosen of 8" in plan
     records = run_suite(str(path), out=tmp_path / "out", isolate=False, switch=False)
     assert len(records) == 8  # 4 trials on seed 0, then the 2 chosen trials on seeds 1 and 2
     s = summarize(records)
