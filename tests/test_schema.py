@@ -19,14 +19,15 @@ from peft_bench.results.store import append_record, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # schema 3
-LESTER = ROOT / "reports" / "lester" / "results.jsonl"  # schema 1, as published
+# schema 1: three records reports/lester published at commit 728f420 (before it was republished)
+V1 = ROOT / "tests" / "data" / "schema_v1" / "results.jsonl"
 
 
 def test_published_version_1_records_load_typed_and_write_back_as_version_3(tmp_path):
-    raw = [json.loads(line) for line in LESTER.read_text().splitlines()]
+    raw = [json.loads(line) for line in V1.read_text().splitlines()]
     assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 3
-    records = load_records(LESTER.parent)
-    assert len(records) == len(raw) == 14
+    records = load_records(V1.parent)
+    assert len(records) == len(raw) == 3
     for d, rec in zip(raw, records):
         assert rec.run_id == d["run"]["run_id"] and rec.run.model == d["run"]["model"]
         assert rec.metrics["accuracy"].value == d["metrics"]["accuracy"]["value"]
@@ -46,7 +47,7 @@ def test_published_version_1_records_load_typed_and_write_back_as_version_3(tmp_
 
 
 def test_an_undeclared_key_is_kept_when_read_and_refused_when_written(tmp_path):
-    d = json.loads(LESTER.read_text().splitlines()[0])
+    d = json.loads(V1.read_text().splitlines()[0])
     d["resources"]["gpu_temperature_c"] = 71  # written by another tool
     (tmp_path / "results.jsonl").write_text(json.dumps(d) + "\n")
     (rec,) = read_records(tmp_path / "results.jsonl")

@@ -154,9 +154,10 @@ def curves(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     handles, labels = ax1.get_legend_handles_labels() if ax1.lines else ax2.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
+    ncol = min(len(labels), 4 if max(map(len, labels), default=0) <= 40 else 2)  # long labels: fewer columns, all legible
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(f"{task}: learning curves (mean over seeds)", fontsize=10)
-    rows = -(-len(labels) // 4)
+    rows = -(-len(labels) // ncol)
     return _save(fig, out_dir, f"curves_{_safe(task)}.png", rect=(0, 0.05 * rows + 0.02, 1, 1))
 
 
