@@ -63,6 +63,7 @@ def test_unknown_builtin_suite(capsys):
     assert "no suite file or built-in suite named 'quik'. Did you mean 'quick'?" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_resume_and_report(tmp_path, capsys):
     from peft_bench.results.store import read_records
 

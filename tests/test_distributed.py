@@ -80,6 +80,7 @@ def _tiny_bert_without_dropout(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_gathers_the_whole_test_split_and_writes_one_record(tmp_path):
     bert = _tiny_bert_without_dropout(tmp_path / "tiny-bert-nodrop")
     suite = tmp_path / "ddp.toml"
@@ -136,6 +137,7 @@ def test_batch_and_precision_settings_are_checked():
     assert rec.status == "failed" and "`mixed_precision` 'fp16' needs a CUDA device" in rec.error
 
 
+@pytest.mark.slow
 def test_shards_then_merge_give_exactly_the_suite(tmp_path, capsys):
     suite = tmp_path / "sh.toml"
     suite.write_text(SUITE.replace('name = "ddp"', 'name = "sh"').replace("steps = 40", "steps = 2")

@@ -4,6 +4,8 @@ from anywhere while `bench`, `methods` and `tasks` are not importable."""
 
 from __future__ import annotations
 
+import pytest
+
 import ast
 import os
 import subprocess
@@ -103,6 +105,7 @@ def test_every_package_folder_is_in_the_wheel():
     assert set(tool["packages"]) == folders
 
 
+@pytest.mark.slow
 def test_installed_wheel_is_peft_bench_only(tmp_path):
     """Built as a wheel and installed into a fresh venv (the dependencies visible from this
     environment, not its editable install), run from another folder: peft_bench and its API

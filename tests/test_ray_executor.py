@@ -24,6 +24,8 @@ import pytest
 from peft_bench.results.store import read_records
 from peft_bench.core.suite import load_suite
 
+pytestmark = pytest.mark.slow  # end to end: real processes, launches or models
+
 ray = pytest.importorskip("ray", reason="the Ray executor is an optional extra: pip install 'peft-bench[ray]'")
 
 SUITE = """

@@ -112,6 +112,7 @@ def _cli(args, root, cwd):
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_fails_alone(tmp_path):
     """An installed plugin whose entry point names a missing module: `peftbench list` and a suite
     of other methods work, with one warning line naming the distribution, the entry point and the

@@ -182,6 +182,7 @@ def _alive(procs) -> list:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_killing_the_suite_leaves_no_server_or_run_behind(tmp_path, sig):
     import signal
@@ -196,6 +197,7 @@ def test_killing_the_suite_leaves_no_server_or_run_behind(tmp_path, sig):
     assert not left, f"still alive 2 s after {sig} of the suite: {[(p.pid, p.cmdline()[:3]) for p in left]}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_suite_with_its_summary_and_exit_130(tmp_path):
     import signal
 
@@ -210,6 +212,7 @@ def test_ctrl_c_stops_the_suite_with_its_summary_and_exit_130(tmp_path):
     assert not (out / "s" / "results.jsonl").exists() or read_records(out / "s" / "results.jsonl") == []
 
 
+@pytest.mark.slow
 def test_a_second_suite_on_the_same_store_is_refused_naming_the_holder(tmp_path, capsys):
     import signal
 
@@ -306,6 +309,7 @@ def test_trust_remote_code_lets_a_listed_model_resolve_and_no_other(tmp_path, ca
     assert main(["run", trusted, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
 
 
+@pytest.mark.slow
 def test_switch_with_a_missing_artifact_fails_loudly(tmp_path, capsys):
     import shutil
 
@@ -433,6 +437,7 @@ def test_bad_local_task_data_is_one_line_before_any_run(tmp_path, capsys, files,
     assert re.search(message, err) and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_suite_with_one_line_and_only_whole_records(tmp_path):
     """A real 200 KB tmpfs as --out (skipped where mounting is not allowed): runs fill it; the suite
     ends with one clear line, exit 2, no traceback; every complete line is a record, the torn one

@@ -50,7 +50,8 @@ def rec(method, seed, acc, trainable, status="ok", config=None, stored=None, mem
                 "stored_params": stored if stored is not None else trainable,
                 "stored_bytes": 4 * (stored if stored is not None else trainable)},
         resources={"peak_mem_train_bytes": mem, "peak_mem_eval_bytes": 2**20, "train_time_s": 12.5,
-                   "step_time_median_s": step, "peak_mem_kind": "cpu_rss_sampled"},
+                   "step_time_median_s": step, "peak_mem_kind": "cpu_rss_sampled", "tokens_per_s": 1234.4,
+                   "mfu": 0.0123},
         baselines={"majority_accuracy": 0.6},
         curves={"train_loss": [[1, 0.7], [2, 0.5]], "validation": [{"step": 2, "accuracy": acc}]} if acc else {},
         env={"device": "cpu", "device_name": "test cpu", "torch_threads": 2, "cpu_count": 2, "python": "3.11",
@@ -61,11 +62,11 @@ def rec(method, seed, acc, trainable, status="ok", config=None, stored=None, mem
 
 
 GOLDEN = """\
-| method                    | model   | accuracy ↑ [95% CI]      | rank   | validation accuracy   | n   | trainable params ↓   | % of total   | of which head   | stored ↓   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   |
-|---------------------------|---------|--------------------------|--------|-----------------------|-----|----------------------|--------------|-----------------|------------|--------------------|-------------------|----------------|---------------|
-| lora                      | m       | **0.800 [0.777, 0.824]** | 1–2    | 0.800                 | 1   | 2.00k                | 0.200%       | 10              | 7.8 KiB    | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       |
-| prompt_tuning             | m       | **0.750 [0.683, 0.816]** | 1–2    | 0.750                 | 2   | **100**              | 0.010%       | 10              | **400 B**  | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       |
-| majority class (baseline) | —       | 0.600                    | —      | —                     | —   | —                    | —            | —               | —          | —                  | —                 | —              | —             |"""
+| method                    | model   | accuracy ↑ [95% CI]      | rank   | validation accuracy   | n   | trainable params ↓   | % of total   | of which head   | stored ↓   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   | tokens/s ↑   | MFU ↑   |
+|---------------------------|---------|--------------------------|--------|-----------------------|-----|----------------------|--------------|-----------------|------------|--------------------|-------------------|----------------|---------------|--------------|---------|
+| lora                      | m       | **0.800 [0.777, 0.824]** | 1–2    | 0.800                 | 1   | 2.00k                | 0.200%       | 10              | 7.8 KiB    | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       | 1,234        | 1.2%    |
+| prompt_tuning             | m       | **0.750 [0.683, 0.816]** | 1–2    | 0.750                 | 2   | **100**              | 0.010%       | 10              | **400 B**  | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       | 1,234        | 1.2%    |
+| majority class (baseline) | —       | 0.600                    | —      | —                     | —   | —                    | —            | —               | —          | —                  | —                 | —              | —             | —            | —       |"""
 
 
 def test_make_table_golden(tmp_path):

@@ -23,9 +23,9 @@ QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # schema 3
 V1 = ROOT / "tests" / "data" / "schema_v1" / "results.jsonl"
 
 
-def test_published_version_1_records_load_typed_and_write_back_as_version_3(tmp_path):
+def test_published_version_1_records_load_typed_and_write_back_as_the_current_version(tmp_path):
     raw = [json.loads(line) for line in V1.read_text().splitlines()]
-    assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 3
+    assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 4
     records = load_records(V1.parent)
     assert len(records) == len(raw) == 3
     for d, rec in zip(raw, records):
@@ -39,11 +39,11 @@ def test_published_version_1_records_load_typed_and_write_back_as_version_3(tmp_
             assert getattr(rec, name).extra == {}, name
     append_record(tmp_path / "results.jsonl", records[0])
     line = json.loads((tmp_path / "results.jsonl").read_text())
-    assert line["schema_version"] == 3 and line["run"]["predictions"] is None and line["validation"] == {}
+    assert line["schema_version"] == SCHEMA_VERSION and line["run"]["predictions"] is None and line["validation"] == {}
     assert {k: v for k, v in line["resources"].items() if v is not None} == \
         {k: v for k, v in raw[0]["resources"].items() if v is not None}
     (back,) = read_records(tmp_path / "results.jsonl")
-    assert back.schema_version == 3 and dataclasses.replace(back, schema_version=1) == records[0]
+    assert back.schema_version == SCHEMA_VERSION and dataclasses.replace(back, schema_version=1) == records[0]
 
 
 def test_an_undeclared_key_is_kept_when_read_and_refused_when_written(tmp_path):

@@ -101,6 +101,7 @@ def slow_forward():
     handle.remove()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_name", ["prompt_tuning", "lora", "bottleneck_adapter", "prefix_tuning", "full_finetune"])
 def test_switch_measurement_and_throughput_on_a_tiny_model(method_name, tmp_path, slow_forward):
     from peft_bench.serving.switching import Batch, measure_switch, measure_throughput

@@ -28,6 +28,7 @@ def write(tmp_path, body: str, name="s") -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_failures_are_results_and_the_suite_goes_on(tmp_path, capsys):
     suite = write(tmp_path, TINY + 'methods = ["dummy"]\nseeds = [0]\ntimeout_s = 20\n' + TRAIN
                   + '[[grid.dummy]]\nfault = ["none", "raise", "nan", "kill", "hang", "oom"]\n')
@@ -48,6 +49,7 @@ def test_failures_are_results_and_the_suite_goes_on(tmp_path, capsys):
     assert "1 skipped (already recorded in" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_suite_mid_run_loses_nothing_and_resume_finishes(tmp_path):
     suite = write(tmp_path, TINY + 'methods = ["lora", "prompt_tuning", "p_tuning"]\nseeds = [0]\n' + TRAIN
                   + '[method.prompt_tuning]\nlr = 0.01\n')
@@ -123,6 +125,7 @@ def test_grids_expand_union_and_ids_are_stable(tmp_path):
     assert [s.run_id for s in a.runs] == [s.run_id for s in b.runs]
 
 
+@pytest.mark.slow
 def test_two_seeds_give_mean_and_std_and_reruns_reproduce(tmp_path, capsys):
     suite = write(tmp_path, TINY + 'methods = ["lora"]\nseeds = [0, 1]\n' + TRAIN)
     out = tmp_path / "out"
@@ -161,6 +164,7 @@ def test_trust_remote_code_only_for_models_the_suite_names(tmp_path):
     assert {s.model: s.trust_remote_code for s in named.runs} == {"tiny-bert": False, "tiny-llama": True}
 
 
+@pytest.mark.slow
 def test_suite_with_switch_measures_serving_and_reports_it(tmp_path, capsys):
     import json
 

@@ -141,6 +141,7 @@ def test_merge_carries_the_predictions(tmp_path):
     assert read_predictions(again) == read_predictions(r)
 
 
+@pytest.mark.slow
 def test_search_seeds_run_the_trials_on_one_seed_and_the_chosen_trial_on_the_others(tmp_path, capsys):
     from peft_bench import run_suite, summarize
     from peft_bench.cli import main

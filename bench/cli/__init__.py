@@ -116,12 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", help="results.jsonl (or a folder holding one): compared against A")
     cmp.add_argument("--out", default="compare.md", help="markdown file to write (default: compare.md)")
     cmp.set_defaults(func=cmd_compare)
-    ov = sub.add_parser("bench-overhead", help="the harness against a plain PyTorch + peft loop doing the same work",
+    ov = sub.add_parser("bench-overhead", help="the harness against a plain PyTorch + peft loop, transformers.Trainer "
+                                               "and its own loop in-process, doing the same work in lockstep",
                         epilog=_train_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ov.add_argument("--model", default="minilm", help="an encoder model (default: minilm)")
-    ov.add_argument("--task", default="sentiment", help="a single-text task (default: sentiment)")
+    ov.add_argument("--model", default="minilm",
+                    help="default: minilm (the plain loop runs on encoders; Trainer and isolation on any model)")
+    ov.add_argument("--task", default="sentiment", help="default: sentiment (the plain loop needs a single-text task)")
     ov.add_argument("--methods", default="lora,prompt_tuning", help="comma-separated: lora, prompt_tuning")
-    ov.add_argument("--repeats", type=int, default=5, help="interleaved harness / plain pairs per method (default 5)")
+    ov.add_argument("--repeats", type=int, default=5, help="pairs per method and reference (default 5)")
+    ov.add_argument("--references", default="plain,trainer,isolation",
+                    help="comma-separated: plain, trainer, isolation (default: all three)")
     ov.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a training setting (default: the quick suite's)")
     ov.add_argument("--suite", default=None,

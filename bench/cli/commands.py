@@ -155,7 +155,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
-    from peft_bench.studies.overhead import PLAIN_METHODS, markdown, measure, suite_overhead
+    from peft_bench.studies.overhead import LOCKSTEPS, PLAIN_METHODS, markdown, measure, suite_overhead
     from peft_bench.core.spec import RunSpec
     from peft_bench.core.suite import load_suite
 
@@ -168,6 +168,10 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
         bad = [m for m in methods if m not in PLAIN_METHODS]
         if bad:
             raise ValueError(f"`--methods` must be among {', '.join(PLAIN_METHODS)} (the plain loop's methods), got {bad}.")
+        refs = [r.strip() for r in args.references.split(",") if r.strip()]
+        known = [k for k, _ in LOCKSTEPS]
+        if not refs or any(r not in known for r in refs):
+            raise ValueError(f"`--references` must be among {', '.join(known)}, got {args.references!r}.")
         # the default suite's training settings and method configs, unless overridden
         base = {(r.method, r.task): r for r in load_suite("quick", parse_overrides(args.set)).runs}
         specs = {}
@@ -175,7 +179,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
             ref = base.get((m, args.task)) or next(r for r in base.values() if r.method == m)
             specs[m] = RunSpec(model=args.model, task=args.task, method=m, method_config=ref.method_config,
                                train=ref.train, suite="bench-overhead")
-        pairs = measure(specs, args.repeats, log=log)
+        pairs = measure(specs, args.repeats, log=log, references=refs)
         parts.append(markdown(pairs, next(iter(specs.values())), args.repeats))
     text = "\n".join(parts)
     print(text)

@@ -15,6 +15,7 @@ import torch
 
 from peft_bench.engine.measurement import MemoryMeter, StepTimer, compute_metrics, release_memory
 from peft_bench.engine.prepare import Prepared, head_params
+from peft_bench.engine.throughput import InputGradProbe, TokenCount
 
 
 class Diverged(RuntimeError):
@@ -46,6 +47,8 @@ class TrainOutcome:
     validation: list[tuple[int, dict]] = field(default_factory=list)
     val_predictions: Predictions | None = None
     val_time_s: float = 0.0
+    tokens: TokenCount = field(default_factory=TokenCount)  # what the training steps fed the model
+    needs_input_grad: dict[int, bool] | None = None  # per body linear layer (``engine.throughput``)
 
 
 def eval_steps(steps: int, points: int) -> set[int]:
@@ -93,7 +96,7 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
     losses: list[float] = []
     at = eval_steps(cfg.steps, cfg.eval_points) if run.val_dl is not None else set()
     with MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as timer:
-        out = TrainOutcome(losses, timer, mem)
+        out = TrainOutcome(losses, timer, mem, tokens=TokenCount(*run.method.virtual_tokens(model)))
         if not groups:  # nothing to train (zero-shot baseline): validated as it is
             if run.val_dl is not None:
                 _validate(run, model, acc.prepare(run.val_dl), 0, out)
@@ -113,10 +116,15 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
             step_loss = None
             for micro in range(accum):
                 batch = next(batches)
+                out.tokens.add(batch)
+                probe = InputGradProbe(acc.unwrap_model(model), run.ctx.head_names) if step == micro == 0 else None
                 # DDP: no gradient all-reduce until the step's last micro-batch
                 with contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model):
                     with acc.autocast():
                         loss = objective.loss(model, batch) / accum
+                    if probe is not None:  # the first forward only: which layers need input gradients
+                        probe.remove()
+                        out.needs_input_grad = probe.needs
                     acc.backward(loss)
                 step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
             if cfg.max_grad_norm > 0:

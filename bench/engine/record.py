@@ -27,6 +27,7 @@ from peft_bench.engine.distributed import per_process
 from peft_bench.engine.loop import Diverged, evaluate, train
 from peft_bench.engine.measurement import gc_frozen, majority_baseline, stored_size
 from peft_bench.engine.prepare import prepare
+from peft_bench.engine.throughput import gather_counts, throughput
 from peft_bench.results.predictions import write_predictions
 from peft_bench.results.schema import (Baselines, Curves, Env, Metric, Params, Resources, ResultRecord, RunInfo,
                                         Status)
@@ -71,6 +72,10 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path, store_dir: Path) -> ResultR
     train_res = per_process(acc, out.memory.peak_reserved_bytes)
     eval_res = per_process(acc, mem_eval.peak_reserved_bytes)
     peak = lambda xs: None if xs[0] is None else int(max(xs))  # noqa: E731
+    train_time = out.timer.total_s - out.val_time_s if losses else 0.0
+    counts = gather_counts(acc, out.tokens)
+    rate = throughput(acc.unwrap_model(run.model), run.ctx.head_names, counts, train_time, run.device,
+                      spec.train.mixed_precision, out.needs_input_grad)
     return ResultRecord(
         run=run_info(spec, started, n_train=run.n_train, n_test=run.n_test, artifact_dir=str(art_dir),
                      n_validation=len(run.val_ids), predictions=predictions),
@@ -84,7 +89,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path, store_dir: Path) -> ResultR
             peak_mem_eval_per_process_bytes=[int(x) for x in eval_peaks],
             peak_mem_kind=out.memory.kind, **run.baseline.as_resources(), load_time_s=run.load_time_s,
             setup_time_s=run.setup_time_s, save_time_s=save_time,
-            train_time_s=out.timer.total_s - out.val_time_s if losses else 0.0, val_time_s=out.val_time_s,
+            train_time_s=train_time, val_time_s=out.val_time_s, **rate,
             step_time_median_s=out.timer.median_step_s, train_examples_per_s=out.timer.examples_per_s,
             eval_time_s=ev.total_s, eval_examples_per_s=ev.examples_per_s, train_steps=len(losses),
             first_loss=sum(losses[:10]) / len(losses[:10]) if losses else None,

@@ -109,6 +109,11 @@ class Method(abc.ABC):
     def after_step(self, model: nn.Module) -> None:
         """Hook called after each optimizer step (e.g. to keep constraints); default: nothing."""
 
+    def virtual_tokens(self, model: nn.Module) -> tuple[int, int]:
+        """(positions, keys) the method adds to every row the body processes, for the FLOP count
+        of ``engine.throughput``: a soft prompt adds V of each, a prefix V keys; default: none."""
+        return 0, 0
+
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 

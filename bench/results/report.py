@@ -22,7 +22,7 @@ from tabulate import tabulate
 from peft_bench.results.aggregate import summarize, varying_keys
 from peft_bench.results.serving_tables import switch_tables
 from peft_bench.results.store import ResultRecord
-from peft_bench.results.units import fmt_bytes, fmt_count, fmt_ms, fmt_s
+from peft_bench.results.units import fmt_bytes, fmt_count, fmt_flops, fmt_ms, fmt_s
 
 
 MEMORY_KINDS = {
@@ -47,6 +47,15 @@ def memory_note(records: list[ResultRecord]) -> str:
             f"base weights ({len(old)} of {len(records)} runs recorded before the one-baseline measurement: "
             "their memory figures hold a method-dependent share of the base weights and are not comparable "
             "with later reports)")
+
+
+def peak_note(records: list[ResultRecord]) -> str:
+    """Where the MFU columns' peaks come from (each distinct source once)."""
+    peaks = sorted({(r.resources.peak_flops_source, r.resources.peak_flops_per_s) for r in records
+                    if r.resources.peak_flops_source and r.resources.peak_flops_per_s})
+    if not peaks:
+        return "not recorded by these runs"
+    return "peak: " + "; ".join(f"{source} = {fmt_flops(p)}" for source, p in peaks)
 
 
 def _num(x) -> float | None:
@@ -89,6 +98,8 @@ def _columns(metric_names: tuple[str, ...], with_switch: bool) -> list[tuple]:
         ("peak eval mem ↓", "peak_mem_eval_bytes", fmt_bytes, None),
         ("train time ↓", "train_time_s", fmt_s, None),
         ("step time ↓", "step_time_median_s", fmt_s, None),
+        ("tokens/s ↑", "tokens_per_s", lambda v: f"{v:,.0f}", None),
+        ("MFU ↑", "mfu", lambda v: f"{v:.1%}", None),
     ]
     if with_switch:
         cols += [("warm switch ↓", "warm_switch_s", fmt_ms, None), ("cold switch ↓", "cold_switch_s", fmt_ms, None)]
@@ -281,7 +292,10 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         "trainable params = parameters with requires_grad while training (for encoders this includes the "
         "classification head every method trains, shown as 'of which head'); stored = bytes of the saved "
         "artifact (bold: the smallest exact count); peak memory = " + memory_note(ok)
-        + "; step time = median over training steps (first step excluded); switch = median task-switch "
+        + "; step time = median over training steps (first step excluded); tokens/s = unpadded input tokens "
+        "trained on per second of training; MFU = estimated model FLOPs of training per second over the "
+        "device's peak in the run's precision (" + peak_note(ok) + "; FLOPs counted from the model's linear "
+        "layers and attention, weight gradients only for what trains: `engine/throughput.py`); switch = median task-switch "
         "latency when measured (see Task switching). Time and memory have no interval here and are not "
         "ranked. **did not train**: a run whose loss did not fall by 5%, or whose validation accuracy never "
         "rose above the majority class by two standard errors (`results/aggregate.py: training_problem`).", ""]

@@ -5,9 +5,10 @@ typed sections below (an unknown key is a ``TypeError``) and every reader reads 
 a number stays a number, a value not known is ``null``.
 
 Versions: 1 wrote only the keys a run produced (a failed run: ``run`` and ``error``); 2 writes
-every declared key of every section, ``null`` where unknown; 3 (this one) adds validation metrics,
+every declared key of every section, ``null`` where unknown; 3 adds validation metrics,
 learning curves (``curves``), the per-example predictions file (``run.predictions``) and how a
-configuration was selected (``run.search``). Both are read; a key this
+configuration was selected (``run.search``); 4 (this one) adds training throughput (tokens/s, model
+FLOPs and their share of the device's peak). All are read; a key this
 version does not declare (a record from another writer) is kept in the section's ``extra`` and
 written back unchanged, so that merging stores never loses a value.
 
@@ -22,8 +23,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # switch.jsonl lines; 2: switches timed without a forward, first output beside
 SWITCH_SCHEMA_VERSION = 2
 
@@ -125,6 +126,14 @@ class Resources(Section):
     eval_examples_per_s: float | None = None
     val_time_s: float | None = None  # validation evaluations during training (not in train_time_s)
     train_steps: int | None = None  # optimizer steps taken
+    train_tokens: int | None = None  # real (unpadded) input tokens of all training steps, all processes
+    train_positions: int | None = None  # positions the body processed: rows x (padded length + virtual tokens)
+    tokens_per_s: float | None = None  # train_tokens / train_time_s
+    train_flops: float | None = None  # model FLOPs of training, estimated (``engine.throughput``)
+    flops_per_s: float | None = None  # train_flops / train_time_s
+    peak_flops_per_s: float | None = None  # the devices' peak in the run's precision (all processes)
+    peak_flops_source: str | None = None  # "data sheet: ..." or "measured: ..."
+    mfu: float | None = None  # flops_per_s / peak_flops_per_s (model FLOPs utilisation)
     first_loss: float | None = None  # mean of the first 10 steps' losses
     final_loss: float | None = None  # mean of the last 10
     run_wall_s: float | None = None  # the run in its process, start to record

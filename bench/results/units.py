@@ -27,3 +27,7 @@ def fmt_s(x: float | None) -> str:
 
 def fmt_ms(x: float | None) -> str:
     return "—" if x is None else f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def fmt_flops(x: float | None) -> str:
+    return "—" if x is None else f"{x / 1e12:.2f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"

@@ -1,33 +1,32 @@
-"""``peftbench bench-overhead``: what the harness costs on top of the training it measures.
+"""``peftbench bench-overhead``: what the harness costs against what users would run instead.
 
-For one model and task and each method, the same work runs through (a) the harness
-(``peft_bench.execution.local.run_local``, in this process, exactly what a suite runs minus the fork) and (b)
-``plain_run``: the plainest hand-written PyTorch + peft loop, interleaved A B A B over repeats.
-Both read the same cached split from disk, draw the same examples and batches (the same seeded
-shuffle), build the same network, train it with the same AdamW, schedule and clipping for the same
-steps, save the adapter, evaluate the same test examples and write one JSON line. Pairs alternate
-which side runs first. Printed per method: medians over repeats of the per-step median time, the
-evaluation throughput and the whole-run wall time (model load, data preparation, training, saving,
-evaluation, result writing), and the median over pairs of the harness/plain ratio.
+For one model and task and each method, the harness's training does the same work as three
+references, each measured side by side with it:
+
+- the plainest hand-written PyTorch + peft loop (``studies.plain_loop``; encoders on single-text
+  tasks): whole runs interleaved A B, B A over repeats (model load, data preparation, training,
+  saving, evaluation, result writing), and the two training loops in lockstep;
+- ``transformers.Trainer`` training the same model on the same batches (``studies.references``),
+  in lockstep;
+- the harness's own loop in a run process forked as a suite forks it, against the same loop in
+  this process (``studies.references``), in lockstep.
 
 Whole runs are tens of seconds apart, and on a shared VM the machine's speed drifts by several
-percent between them: the per-step ratio of one pair ranges over 0.93–1.14 here. So the per-step
-time is also measured with the two training loops in lockstep (``lockstep``): the harness's own
-loop (``engine.loop.train_steps``, the generator ``engine.loop.train`` drains) and the plain loop advance one
-step each, alternately, so each harness step has a plain step on the same batch within a second.
+percent between them: the per-step ratio of one pair ranges over 0.93–1.14 here. In lockstep the
+two loops advance one optimizer step each, alternately (``references.interleave``), so each
+harness step has a reference step on the same batch within a second and a drift cancels out of
+their ratio. Printed per method and reference: medians of the per-step median times, the median
+over pairs of harness / reference and every pair's ratio, and the losses both sides reached (the
+same batches and dropout masks give the same loss: the check that the work was the same).
 
 ``--suite`` measures a whole suite instead: ``peftbench run SUITE --no-switch`` in a fresh
 process, timed from outside, against the sum of its runs' pure training + evaluation time.
-
-Only the network definition is shared: ``peft_bench.assets.models.use_mean_pooling`` (the same model must be
-trained for the comparison to mean anything). Everything else on the plain path is written here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import shutil
 import statistics
 import subprocess
@@ -36,136 +35,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Iterator
 
 import torch
 
-from peft_bench.engine.distributed import cpu_threads  # the same thread count as the harness: a setting, not code on the timed path
 from peft_bench.core.spec import RunSpec
-
-PLAIN_METHODS = ("lora", "prompt_tuning")
-# method settings the harness side runs with, so that both sides do the same work: the plain loop
-# starts a soft prompt as the prompt_tuning plugin's `init = "random"` does (uniform(-0.5, 0.5)
-# after peft's own init), not from class-label embeddings (method work the plain loop does not
-# do). With the same init both sides reach the same loss, which the tests check.
-SAME_WORK = {"prompt_tuning": {"init": "random"}}
-
-
-def _peft_config(method: str, cfg) -> object:
-    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
-
-    if method == "lora":
-        return LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout)
-    if method == "prompt_tuning":  # the plugin's init = "random" (see SAME_WORK)
-        return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens,
-                                  prompt_tuning_init=PromptTuningInit.RANDOM)
-    raise ValueError(f"`method` must be one of {', '.join(PLAIN_METHODS)} for the plain loop, got {method!r}.")
-
-
-def plain_setup(spec: RunSpec, split_dir: str, model_path: str, method_cfg, num_labels: int = 2,
-                mean_pooling: bool = True) -> SimpleNamespace:
-    """The plain loop up to its first step: data, model, optimizer (written without the harness)."""
-    import datasets
-    from peft import get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
-                              get_linear_schedule_with_warmup, set_seed)
-    from transformers.utils import logging as hf_logging
-
-    from peft_bench.assets.models import use_mean_pooling
-
-    t0 = time.perf_counter()
-    hf_logging.set_verbosity_error()  # the new classifier's "missing weights" report is expected
-    cfg = spec.train
-    torch.set_num_threads(cpu_threads(cfg.num_threads))
-    splits = datasets.load_from_disk(split_dir)
-    train = splits["train"].shuffle(seed=cfg.seed).select(range(min(cfg.n_train, len(splits["train"]))))
-    test = splits["test"].select(range(min(cfg.n_test, len(splits["test"]))))
-    tok = AutoTokenizer.from_pretrained(model_path)
-    set_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels,
-                                                               use_safetensors=True)
-    if mean_pooling:
-        use_mean_pooling(model)
-    train_ids = tok(list(train["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
-    test_ids = tok(list(test["text"]), truncation=True, max_length=cfg.max_length)["input_ids"]
-    set_seed(cfg.seed)
-    model = get_peft_model(model, _peft_config(spec.method, method_cfg))
-    if spec.method == "prompt_tuning":
-        with torch.no_grad():
-            model.prompt_encoder["default"].embedding.weight.uniform_(-0.5, 0.5)
-    head = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n]
-    opt = torch.optim.AdamW([{"params": body, "lr": method_cfg.lr}, {"params": head, "lr": cfg.head_lr}],
-                            weight_decay=cfg.weight_decay)
-    order = torch.utils.data.DataLoader(range(len(train_ids)), batch_size=cfg.batch_size, shuffle=True,
-                                        generator=torch.Generator().manual_seed(cfg.seed), drop_last=True,
-                                        collate_fn=lambda idx: idx)
-    return SimpleNamespace(t0=t0, cfg=cfg, tok=tok, model=model, params=body + head, opt=opt,
-                           sched=get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * cfg.steps), cfg.steps),
-                           order=order, train_ids=train_ids, train_labels=list(train["label"]),
-                           test_ids=test_ids, test_labels=list(test["label"]), step_times=[], losses=[])
-
-
-def _collate(p: SimpleNamespace, idx, ids, labels):
-    batch = p.tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"], torch.tensor([labels[i] for i in idx])
-
-
-def plain_steps(p: SimpleNamespace) -> Iterator[int]:
-    """The plain training loop, one step at a time (each step timed on its own)."""
-    cfg, model = p.cfg, p.model
-    model.train()
-    it = iter(p.order)
-    for step in range(cfg.steps):
-        s = time.perf_counter()
-        try:
-            idx = next(it)
-        except StopIteration:
-            it = iter(p.order)
-            idx = next(it)
-        input_ids, mask, labels = _collate(p, idx, p.train_ids, p.train_labels)
-        loss = torch.nn.functional.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits, labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(p.params, cfg.max_grad_norm)
-        p.opt.step()
-        p.sched.step()
-        p.opt.zero_grad(set_to_none=True)
-        p.losses.append(loss.detach())
-        p.step_times.append(time.perf_counter() - s)
-        yield step
-
-
-def plain_finish(p: SimpleNamespace, out_dir: Path) -> dict:
-    """Save the adapter, evaluate, write one JSON line."""
-    cfg, model = p.cfg, p.model
-    model.save_pretrained(Path(out_dir) / "plain_artifact")
-    model.eval()
-    e0 = time.perf_counter()
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(p.test_ids), cfg.eval_batch_size):
-            idx = range(i, min(i + cfg.eval_batch_size, len(p.test_ids)))
-            input_ids, mask, labels = _collate(p, idx, p.test_ids, p.test_labels)
-            correct += (model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1) == labels).sum().item()
-    eval_s = time.perf_counter() - e0
-    result = {"accuracy": correct / len(p.test_ids), "final_loss": float(torch.stack(p.losses[-10:]).mean()),
-              "step_time_median_s": statistics.median(p.step_times[1:]), "train_time_s": sum(p.step_times),
-              "eval_examples_per_s": len(p.test_ids) / eval_s}
-    with open(Path(out_dir) / "plain.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
-    result["run_wall_s"] = time.perf_counter() - p.t0
-    return result
-
-
-def plain_run(spec: RunSpec, split_dir: str, model_path: str, method_cfg, out_dir: Path, num_labels: int = 2,
-              mean_pooling: bool = True) -> dict:
-    """A minimal training + evaluation loop, written without the harness (see the module doc)."""
-    p = plain_setup(spec, split_dir, model_path, method_cfg, num_labels, mean_pooling)
-    for _ in plain_steps(p):
-        pass
-    return plain_finish(p, out_dir)
-
+from peft_bench.studies.plain_loop import PLAIN_METHODS, SAME_WORK, plain_run, plain_setup, plain_steps
+from peft_bench.studies.references import against_harness, isolation_lockstep, same_work, trainer_lockstep
 
 def harness_run(spec: RunSpec, out_dir: Path) -> dict:
     """The harness's own path for one run (``run_local`` without the fork), timed from outside."""
@@ -186,100 +61,94 @@ def harness_run(spec: RunSpec, out_dir: Path) -> dict:
 
 def lockstep(spec: RunSpec, split_dir: str, model_path: str, method_cfg, num_labels: int = 2,
              mean_pooling: bool = True) -> dict:
-    """The harness's training loop (``engine.loop.train_steps`` on an ``engine.prepare.prepare``d run) and the plain
-    loop's, advanced one optimizer step at a time, alternately (H P, P H, ...): consecutive steps of
-    the two sides are a fraction of a second apart, so a drift of the machine's speed, which moves
-    whole runs by several percent on a shared VM, cancels out of their ratio. Each side keeps its
-    own CPU random-number state (swapped between steps, outside the timed steps), so each draws the
-    dropout masks it would draw alone, and both still reach the same loss."""
+    """The harness's training loop (``engine.loop.train_steps`` on an ``engine.prepare.prepare``d run)
+    and the plain loop's, in lockstep (``references.interleave``)."""
     from peft_bench.engine.prepare import prepare
-    from peft_bench.engine.loop import run_to_end, train_steps
     from peft_bench.interface.task import load_splits
 
     load_splits.cache_clear()
     run = prepare(spec)
-    sides = {"harness": [train_steps(run), torch.get_rng_state()]}
+    harness_rng = torch.get_rng_state()
     plain = plain_setup(spec, split_dir, model_path, method_cfg, num_labels, mean_pooling)
-    sides["plain"] = [plain_steps(plain), torch.get_rng_state()]
-
-    def advance(side: str, to_end: bool = False):
-        steps, rng = sides[side]
-        torch.set_rng_state(rng)
-        out = run_to_end(steps) if to_end else next(steps)
-        sides[side][1] = torch.get_rng_state()
-        return out
-
-    for k in range(spec.train.steps):
-        for side in (("harness", "plain") if k % 2 == 0 else ("plain", "harness")):
-            advance(side)
-    outcome = advance("harness", to_end=True)  # its last check of the losses
-    advance("plain", to_end=True)
+    outcome = against_harness(run, plain_steps(plain), harness_rng)
     h, p = outcome.timer.step_times[1:], plain.step_times[1:]  # the first step pays one-off costs
-    return {"harness_step_s": statistics.median(h), "plain_step_s": statistics.median(p),
-            "harness_final_loss": statistics.fmean(outcome.losses[-10:]),
-            "plain_final_loss": float(torch.stack(plain.losses[-10:]).mean())}
+    return {"harness_step_s": statistics.median(h), "reference_step_s": statistics.median(p),
+            "harness_loss": statistics.fmean(outcome.losses), "reference_loss": float(torch.stack(plain.losses).mean())}
+
+
+# (key, reference's name): the lockstep comparisons, in table order
+LOCKSTEPS = (("plain", "plain loop"), ("trainer", "transformers.Trainer"), ("isolation", "same loop in-process"))
+TARGETS = {"plain": "≤ 1.03", "trainer": "≤ 0.95 (encoders), ≤ 1.00 (causal LMs)", "isolation": "≤ 1.02"}
 
 
 @dataclass
 class Pairs:
     method: str
-    harness: list[dict]
-    plain: list[dict]
-    lockstep: list[dict] = dataclasses.field(default_factory=list)
+    harness: list[dict] = dataclasses.field(default_factory=list)  # whole runs (plain loop only)
+    plain: list[dict] = dataclasses.field(default_factory=list)
+    # lockstep results per reference: {"harness_step_s", "reference_step_s", "harness_loss", "reference_loss"}
+    lockstep: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
     def ratio(self, key: str) -> float:
         return statistics.median(h[key] / p[key] for h, p in zip(self.harness, self.plain))
 
-    def lockstep_ratio(self) -> float:
-        return statistics.median(r["harness_step_s"] / r["plain_step_s"] for r in self.lockstep)
+    def ratios(self, ref: str) -> list[float]:
+        return [r["harness_step_s"] / r["reference_step_s"] for r in self.lockstep.get(ref, [])]
+
+    def lockstep_ratio(self, ref: str = "plain") -> float:
+        return statistics.median(self.ratios(ref))
 
     def median(self, side: str, key: str) -> float:
         return statistics.median(r[key] for r in getattr(self, side))
 
 
-def measure(spec_for: dict[str, RunSpec], repeats: int, log=print) -> list[Pairs]:
+def measure(spec_for: dict[str, RunSpec], repeats: int, log=print, references=("plain", "trainer", "isolation")) -> list[Pairs]:
     """Per method: interleaved harness / plain runs (A B, B A, ...) after one warm-up pair, then
-    ``repeats`` runs of the two training loops in lockstep (``lockstep``)."""
+    ``repeats`` lockstep runs against each reference (the plain loop only for encoders on
+    single-text tasks)."""
     from peft_bench.assets import models
-    from peft_bench.core.registry import TASKS
     from peft_bench.engine.prepare import plugins
     from peft_bench.interface.task import load_splits, split_cache_dir
 
     out = []
     for method, spec in spec_for.items():
-        # the plain loop validates nothing: neither does the harness side here (the same work)
-        spec = dataclasses.replace(spec, method_config={**spec.method_config, **SAME_WORK.get(method, {})},
-                                   train=dataclasses.replace(spec.train, eval_points=0),
-                                   resolved_config=None, data=None).resolve()
+        # no reference validates: neither does the harness here (the same work)
+        spec = same_work(spec, SAME_WORK.get(method, {}))
         method_obj, task = plugins(spec)
         mspec = models.resolve(spec.model)
-        if mspec.kind != "encoder" or task.input_fields != ("text",):
-            raise ValueError(f"the plain loop handles encoder models on single-text tasks; got model "
-                             f"{spec.model!r} ({mspec.kind}) and task {spec.task!r} ({TASKS.get(spec.task).input_fields}).")
-        load_splits(task, None)  # builds the on-disk split cache both sides read
+        refs = [r for r in references if r != "plain" or (mspec.kind == "encoder" and task.input_fields == ("text",))]
+        if not refs:
+            raise ValueError(f"the plain loop handles encoder models on single-text tasks; got model {spec.model!r} "
+                             f"({mspec.kind}) and task {spec.task!r} ({task.input_fields}): add trainer or isolation.")
+        load_splits(task, None)  # builds the on-disk split cache every side reads
         split_dir = str(split_cache_dir(task, None))
         model_path = models.model_dir(mspec)
-        pairs = Pairs(method, [], [])
+        pairs = Pairs(method)
+        plain_args = (split_dir, model_path, method_obj.config, task.num_labels, mspec.pooling == "mean")
         with tempfile.TemporaryDirectory() as tmp:
-            for i in range(repeats + 1):
+            for i in range(repeats + 1 if "plain" in refs else 0):
                 # A B, B A, A B, ...: a drift of the machine's speed over time favours neither side
                 for side in (("harness", "plain") if i % 2 == 0 else ("plain", "harness")):
                     d = Path(tmp) / f"{side}{i}"
                     gc.collect()
-                    res = (harness_run(spec, d) if side == "harness"
-                           else plain_run(spec, split_dir, model_path, method_obj.config, d, task.num_labels,
-                                          mspec.pooling == "mean"))
+                    res = harness_run(spec, d) if side == "harness" else plain_run(spec, *plain_args[:3], d, *plain_args[3:])
                     shutil.rmtree(d, ignore_errors=True)
                     if i:  # the first pair warms caches (page cache, allocator, lazy imports)
                         getattr(pairs, side).append(res)
                     log(f"  {method} {'warm-up' if not i else f'pair {i}'} {side}: step {res['step_time_median_s'] * 1e3:.1f} ms, "
                         f"eval {res['eval_examples_per_s']:.1f} ex/s, wall {res['run_wall_s']:.2f} s, accuracy {res['accuracy']:.3f}")
+        for ref in refs:
             for i in range(1, repeats + 1):
                 gc.collect()
-                res = lockstep(spec, split_dir, model_path, method_obj.config, task.num_labels, mspec.pooling == "mean")
-                pairs.lockstep.append(res)
-                log(f"  {method} steps interleaved {i}: harness {res['harness_step_s'] * 1e3:.1f} ms, "
-                    f"plain {res['plain_step_s'] * 1e3:.1f} ms, ratio {res['harness_step_s'] / res['plain_step_s']:.3f}")
+                if ref == "plain":
+                    res = lockstep(spec, *plain_args)
+                elif ref == "trainer":
+                    res = trainer_lockstep(spec)
+                else:
+                    res = isolation_lockstep(spec)
+                pairs.lockstep.setdefault(ref, []).append(res)
+                log(f"  {method} lockstep with {ref} {i}: harness {res['harness_step_s'] * 1e3:.1f} ms, "
+                    f"{ref} {res['reference_step_s'] * 1e3:.1f} ms, ratio {res['harness_step_s'] / res['reference_step_s']:.3f}")
         out.append(pairs)
     return out
 
@@ -291,24 +160,34 @@ def markdown(pairs: list[Pairs], spec: RunSpec, repeats: int) -> str:
     ms = lambda v: f"{v * 1e3:.1f} ms"  # noqa: E731
     rows = []
     for p in pairs:
-        if p.lockstep:
-            med = lambda k: statistics.median(r[k] for r in p.lockstep)  # noqa: E731
+        for ref, name in LOCKSTEPS:
+            res = p.lockstep.get(ref)
+            if not res:
+                continue
+            med = lambda k: statistics.median(r[k] for r in res)  # noqa: E731
             rows.append({
-                "method": p.method, "measure": "per-step time, steps interleaved", "harness": ms(med("harness_step_s")),
-                "plain loop": ms(med("plain_step_s")), "harness / plain": f"{p.lockstep_ratio():.3f}", "target": "≤ 1.03",
-                "result (harness / plain)": f"final loss {med('harness_final_loss'):.4f} / {med('plain_final_loss'):.4f}"})
+                "method": p.method, "measure": "per-step time, in lockstep",
+                "harness": ms(med("harness_step_s")) + (" (isolated run)" if ref == "isolation" else ""),
+                "reference": f"{name} {ms(med('reference_step_s'))}", "harness / reference": f"{p.lockstep_ratio(ref):.3f}",
+                "per pair": " ".join(f"{r:.3f}" for r in p.ratios(ref)), "target": TARGETS[ref],
+                "loss (harness / reference)": f"{med('harness_loss'):.4f} / {med('reference_loss'):.4f}"})
+        if not p.harness:
+            continue
         acc = f"accuracy {p.median('harness', 'accuracy'):.3f} / {p.median('plain', 'accuracy'):.3f}"
         for key, name, fmt, target in (("step_time_median_s", "per-step time, whole runs interleaved", ms, "≤ 1.03"),
                                        ("eval_examples_per_s", "evaluation throughput", lambda v: f"{v:.1f} ex/s", "≥ 0.97"),
                                        ("run_wall_s", "whole-run wall time", lambda v: f"{v:.2f} s", "≤ 1.10")):
             rows.append({"method": p.method, "measure": name, "harness": fmt(p.median("harness", key)),
-                         "plain loop": fmt(p.median("plain", key)), "harness / plain": f"{p.ratio(key):.3f}",
-                         "target": target, "result (harness / plain)": acc})
+                         "reference": f"plain loop {fmt(p.median('plain', key))}", "harness / reference": f"{p.ratio(key):.3f}",
+                         "per pair": " ".join(f"{h[key] / q[key]:.3f}" for h, q in zip(p.harness, p.plain)),
+                         "target": target, "loss (harness / reference)": acc})
     head = (f"{spec.model} × {spec.task}, {t.steps} steps × batch {t.batch_size}, {t.n_train} training / "
             f"{t.n_test} test examples, eval batch {t.eval_batch_size}, max length {t.max_length}, "
-            f"{torch.get_num_threads()} threads. Whole runs: {repeats} interleaved pairs (after one warm-up pair), "
-            f"alternating which side runs first. Steps interleaved: {repeats} runs of each side's training loop "
-            f"advanced one step at a time, alternately. Each ratio is the median over pairs of harness / plain.\n\n")
+            f"{torch.get_num_threads()} threads. In lockstep: {repeats} runs of each pair of training loops advanced "
+            f"one step at a time, alternately; for the isolated row, the harness's loop in a forked run process "
+            f"against the same loop in this process. Whole runs (plain loop): {repeats} interleaved pairs after one "
+            f"warm-up pair, alternating which side runs first. A ratio is the median over pairs of harness / reference; "
+            f"the loss is the mean training loss over all steps or, for whole runs, the test accuracy.\n\n")
     return head + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n"
 
 
