@@ -42,6 +42,8 @@ n_test = 67         # odd: the last batch is padded on one process, and the padd
 eval_batch_size = 16
 max_length = 64
 head_lr = 0.02
+n_validation = 32
+eval_points = 1
 [method.prompt_tuning]
 lr = 0.3
 [method.lora]
@@ -108,6 +110,9 @@ def test_two_process_ddp_run_gathers_the_whole_test_split_and_writes_one_record(
         alone = execute(spec, tmp_path / "alone")
         assert alone.env.processes == 1
         assert rec.resources.final_loss == pytest.approx(alone.resources.final_loss, rel=1e-3), rec.run.method
+        # the two processes' token counts add up to the one process's (the same examples per step)
+        assert rec.resources.train_tokens == alone.resources.train_tokens, rec.run.method
+        assert 0 < rec.resources.mfu < 1 and "x 2 processes" in rec.resources.peak_flops_source
         assert rec.metrics["accuracy"].value == alone.metrics["accuracy"].value, rec.run.method
     accs = {r.run.method: r.metrics["accuracy"].value for r in records if r.run.model == bert}
     # something was learned (the equality above is not the trivial one of a constant prediction)

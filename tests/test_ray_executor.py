@@ -41,6 +41,8 @@ n_train = 400
 n_test = 64
 eval_batch_size = 32
 max_length = 64
+n_validation = 32
+eval_points = 1
 """
 
 

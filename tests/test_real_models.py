@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow  # end to end: real processes, launches or models
 def test_minilm_whole_pipeline_through_the_cli(tmp_path):
     suite = tmp_path / "real.toml"
     suite.write_text('models = ["minilm"]\ntasks = ["sentiment"]\nmethods = ["lora"]\n'
-                     '[train]\nsteps = 4\nbatch_size = 8\nn_train = 64\nn_test = 64\nmax_length = 64\n')
+                     '[train]\nsteps = 4\nbatch_size = 8\nn_train = 64\nn_test = 64\nmax_length = 64\n'
+                     'n_validation = 32\neval_points = 1\n')
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 0
     (rec,) = read_records(tmp_path / "out" / "real" / "results.jsonl")
     assert rec.status == "ok"
@@ -70,7 +71,8 @@ def test_smollm2_prompt_tuning_class_label_rank_classification(tmp_path):
 
     spec = RunSpec(model="smollm2-135m", task="sentiment", method="prompt_tuning",
                    method_config={"init": "class_label", "num_virtual_tokens": 20},
-                   train=TrainConfig(steps=3, batch_size=4, n_train=32, n_test=48, eval_batch_size=16, max_length=64))
+                   train=TrainConfig(steps=3, batch_size=4, n_train=32, n_test=48, eval_batch_size=16, max_length=64,
+                                     n_validation=16, eval_points=1))
     rec = execute(spec, tmp_path)
     assert rec.status == "ok", rec.error
     assert rec.params.trainable_params == 20 * 576  # n_virtual_tokens x hidden size, no head

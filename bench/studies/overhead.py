@@ -40,7 +40,7 @@ import torch
 
 from peft_bench.core.spec import RunSpec
 from peft_bench.studies.plain_loop import PLAIN_METHODS, SAME_WORK, plain_run, plain_setup, plain_steps
-from peft_bench.studies.references import against_harness, isolation_lockstep, same_work, trainer_lockstep
+from peft_bench.studies.references import against_harness, child_lockstep, same_work
 
 def harness_run(spec: RunSpec, out_dir: Path) -> dict:
     """The harness's own path for one run (``run_local`` without the fork), timed from outside."""
@@ -142,10 +142,8 @@ def measure(spec_for: dict[str, RunSpec], repeats: int, log=print, references=("
                 gc.collect()
                 if ref == "plain":
                     res = lockstep(spec, *plain_args)
-                elif ref == "trainer":
-                    res = trainer_lockstep(spec)
-                else:
-                    res = isolation_lockstep(spec)
+                else:  # Trainer, or the harness's own loop, in a forked child
+                    res = child_lockstep(spec, "trainer" if ref == "trainer" else "harness")
                 pairs.lockstep.setdefault(ref, []).append(res)
                 log(f"  {method} lockstep with {ref} {i}: harness {res['harness_step_s'] * 1e3:.1f} ms, "
                     f"{ref} {res['reference_step_s'] * 1e3:.1f} ms, ratio {res['harness_step_s'] / res['reference_step_s']:.3f}")

@@ -10,12 +10,13 @@
   causal LMs from the label word after the prompt, with every other position's label -100: the
   script a user writes for text-to-text classification (the model computes logits at every
   position; the harness computes them only where a label token is predicted).
-  ``Trainer.train`` runs in a thread that a callback stops after each optimizer step, so the two
-  loops advance one step each, alternately; a step's time runs from the callback handing control
-  back to the next step's end (its data loading, logging and callbacks included).
+  A callback holds ``Trainer.train`` after each optimizer step, so the two loops advance one step
+  each, alternately; a step's time runs from the callback handing control back to the next step's
+  end (its data loading, logging and callbacks included).
 - The isolated run: the harness's training loop in a child forked from the run server exactly as
-  a suite forks its runs (``execution.local._child``), against the same loop in this process; the
-  child steps when told to over a pipe.
+  a suite forks its runs (``execution.local._child``), against the same loop in this process.
+
+Each reference runs in such a child and steps when told to over a pipe (``child_lockstep``).
 
 Each in-process side keeps its own CPU random-number state (swapped between steps, outside the
 timed steps), so each draws the dropout masks it would draw alone.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import tempfile
-import threading
 import time
 from types import SimpleNamespace
 from typing import Iterator
@@ -110,17 +110,18 @@ class _SameOrder(torch.utils.data.Sampler):
 
 
 class _Handoff:
-    """A Trainer callback that stops ``Trainer.train`` (running in its own thread) after every
-    optimizer step until told to go on, and times each step from its resumption to its end."""
+    """A Trainer callback that holds ``Trainer.train`` before its first step and after every
+    optimizer step until told over ``conn`` to go on (answering "step" after each), and times each
+    step from its resumption to its end."""
 
-    def __init__(self, start_rng: torch.Tensor):
-        self.done, self.go = threading.Semaphore(0), threading.Semaphore(0)
+    def __init__(self, start_rng: torch.Tensor, conn=None):
+        self.conn = conn
         self.step_times: list[float] = []
         self.start_rng: torch.Tensor | None = start_rng
         self.t = 0.0
-        self.error: BaseException | None = None
 
     def on_train_begin(self, args, state, control, **kw):
+        self.conn.recv()
         self.t = time.perf_counter()
 
     def on_epoch_begin(self, args, state, control, **kw):
@@ -137,12 +138,12 @@ class _Handoff:
 
     def on_step_end(self, args, state, control, **kw):
         self.step_times.append(time.perf_counter() - self.t)
-        self.done.release()
-        self.go.acquire()
+        self.conn.send("step")
+        self.conn.recv()
         self.t = time.perf_counter()
 
 
-def trainer_setup(spec: RunSpec, out_dir: str) -> SimpleNamespace:
+def trainer_setup(spec: RunSpec, out_dir: str, conn=None) -> SimpleNamespace:
     """A ``transformers.Trainer`` over the harness-prepared model and training examples."""
     import datasets
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -171,7 +172,7 @@ def trainer_setup(spec: RunSpec, out_dir: str) -> SimpleNamespace:
                 self.optimizer = opt_cls([g for g in groups if g["params"]], weight_decay=cfg.weight_decay, **kwargs)
             return self.optimizer
 
-    handoff = _Handoff(start_rng)
+    handoff = _Handoff(start_rng, conn)
     callback = type("HandoffCallback", (TrainerCallback,), {
         n: getattr(handoff, n) for n in ("on_train_begin", "on_epoch_begin", "on_step_begin", "on_step_end")})()
     args = TrainingArguments(
@@ -187,53 +188,23 @@ def trainer_setup(spec: RunSpec, out_dir: str) -> SimpleNamespace:
     return SimpleNamespace(trainer=trainer, handoff=handoff, steps=cfg.steps)
 
 
-def trainer_steps(t: SimpleNamespace) -> Iterator[int]:
-    """``Trainer.train`` one optimizer step at a time (see ``_Handoff``)."""
-    h = t.handoff
-
-    def train():
-        try:
-            t.trainer.train()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller below
-            h.error = e
-        finally:
-            h.done.release()
-
-    thread = threading.Thread(target=train, name="trainer", daemon=True)
-    thread.start()
-    for step in range(t.steps):
-        h.done.acquire()
-        if h.error is not None:
-            raise RuntimeError(f"Trainer.train failed at step {step + 1}") from h.error
-        yield step
-        h.go.release()
-    thread.join()
-    if h.error is not None:
-        raise RuntimeError("Trainer.train failed after its last step") from h.error
-
-
-def trainer_lockstep(spec: RunSpec) -> dict:
-    """The harness's loop against ``Trainer.train``, one step each, alternately: both sides' median
-    step time and mean loss."""
-    from peft_bench.engine.prepare import prepare
-
-    harness = prepare(spec)
-    harness_rng = torch.get_rng_state()
-    with tempfile.TemporaryDirectory() as tmp:
-        t = trainer_setup(spec, tmp)
-        h = against_harness(harness, trainer_steps(t), harness_rng)
-    total = [e["train_loss"] for e in t.trainer.state.log_history if "train_loss" in e]
-    return {"harness_step_s": statistics.median(h.timer.step_times[1:]),  # the first step pays one-off costs
-            "reference_step_s": statistics.median(t.handoff.step_times[1:]),
-            # the mean loss over all steps (what Trainer reports at its end)
-            "harness_loss": statistics.fmean(h.losses), "reference_loss": total[-1] if total else float("nan")}
-
-
-def _child_steps(spec: RunSpec, conn) -> dict:
-    """In a child forked from the run server: the harness's loop, one step per message."""
+def _child_steps(spec: RunSpec, side: str, conn) -> dict:
+    """In a child forked from the run server: ``side``'s training loop ("harness": the harness's,
+    "trainer": ``Trainer.train``, in this process's main thread: a loop driven from another thread
+    ran 25% slower here, harness and Trainer alike), one step per "go" message, each answered
+    "step", then "end"; its step times and mean loss."""
     from peft_bench.engine.loop import train_steps
     from peft_bench.engine.prepare import prepare
 
+    if side == "trainer":
+        with tempfile.TemporaryDirectory() as tmp:
+            t = trainer_setup(spec, tmp, conn)
+            conn.send("ready")
+            t.trainer.train()  # the callback steps it (``_Handoff``)
+            conn.send("end")
+        # the mean loss over all steps, what Trainer reports at its end
+        total = [e["train_loss"] for e in t.trainer.state.log_history if "train_loss" in e]
+        return {"step_times": t.handoff.step_times, "loss": total[-1] if total else float("nan")}
     steps = train_steps(prepare(spec))
     conn.send("ready")
     while True:
@@ -241,53 +212,58 @@ def _child_steps(spec: RunSpec, conn) -> dict:
         try:
             next(steps)
         except StopIteration as done:
-            out = done.value
             conn.send("end")
-            return {"step_times": out.timer.step_times, "losses": out.losses}
+            return {"step_times": done.value.timer.step_times, "loss": statistics.fmean(done.value.losses)}
         conn.send("step")
 
 
-def isolation_lockstep(spec: RunSpec, timeout_s: float = 600.0) -> dict:
-    """The harness's loop in a forked run process (as "harness") against the same loop here (as
-    "reference"), alternately."""
+def child_lockstep(spec: RunSpec, side: str, timeout_s: float = 600.0) -> dict:
+    """The harness's loop in this process in lockstep with ``side``'s loop in a child forked from
+    the run server exactly as a suite forks a run (``execution.local._child``): "trainer"
+    (``Trainer.train``) or "harness" (the harness's own loop: what process isolation costs). Each
+    side in its own process: two loops in one process would each keep their own OpenMP thread
+    team, and a team spinning after its step slows the other's (measured: steps up to 1.8x
+    slower, on both sides). Returns "harness_step_s" / "harness_loss" for the harness (for
+    "harness", the isolated one) and "reference_..." for the other side."""
     from peft_bench.engine.prepare import prepare
     from peft_bench.execution import local, server
 
     ctx = server.context()
     result_r, result_w = ctx.Pipe(duplex=False)
     here, there = ctx.Pipe()
-    proc = ctx.Process(target=local._child, args=(_child_steps, (spec, there), None, result_w), daemon=True)
+    proc = ctx.Process(target=local._child, args=(_child_steps, (spec, side, there), None, result_w), daemon=True)
     proc.start()
     result_w.close()
     there.close()
     try:
         if not here.poll(timeout_s) or here.recv() != "ready":
-            raise RuntimeError("the isolated run never became ready")
+            raise RuntimeError(f"the {side} child never became ready")
         run = prepare(spec)
         rng = torch.get_rng_state()
 
-        def isolated():
+        def child():
             while True:
                 here.send("go")
                 if not here.poll(timeout_s):
-                    raise RuntimeError("the isolated run stopped answering")
+                    raise RuntimeError(f"the {side} child stopped answering")
                 if here.recv() == "end":
                     return
                 yield
 
-        h = against_harness(run, isolated(), rng)
+        h = against_harness(run, child(), rng)
         if not result_r.poll(timeout_s):
-            raise RuntimeError("the isolated run sent no result")
-        child = result_r.recv()
+            raise RuntimeError(f"the {side} child sent no result")
+        other = result_r.recv()
     finally:
         proc.join(5)
         if proc.is_alive():
             proc.kill()
             proc.join()
-    # "harness" is the isolated run here, the reference the same loop in this process
-    return {"harness_step_s": statistics.median(child["step_times"][1:]),
-            "reference_step_s": statistics.median(h.timer.step_times[1:]),
-            "harness_loss": statistics.fmean(child["losses"]), "reference_loss": statistics.fmean(h.losses)}
+    here_ = {"step_s": statistics.median(h.timer.step_times[1:]), "loss": statistics.fmean(h.losses)}
+    there_ = {"step_s": statistics.median(other["step_times"][1:]), "loss": other["loss"]}  # first step: one-off costs
+    harness, reference = (there_, here_) if side == "harness" else (here_, there_)
+    return {"harness_step_s": harness["step_s"], "reference_step_s": reference["step_s"],
+            "harness_loss": harness["loss"], "reference_loss": reference["loss"]}
 
 
 def same_work(spec: RunSpec, extra: dict) -> RunSpec:
