@@ -101,7 +101,7 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
             if run.val_dl is not None:
                 _validate(run, model, acc.prepare(run.val_dl), 0, out)
             return out
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused_adamw(trainable))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
         model, optimizer, train_dl = acc.prepare(model, optimizer, run.train_dl)
         val_dl = acc.prepare(run.val_dl) if at else None
@@ -151,6 +151,14 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
 
 
 CHECK_EVERY = 10  # steps between host syncs of the loss (NaN/inf check, progress bar)
+
+
+def fused_adamw(params: list[torch.Tensor]) -> bool | None:
+    """AdamW's fused kernel (all parameters in one kernel, as ``transformers.Trainer``'s default
+    ``adamw_torch_fused``) where torch has it: floating-point parameters on CPU or CUDA; else
+    None (torch's own choice, foreach)."""
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
 
 
 def _check_finite(losses: list[float], steps: int) -> None:
