@@ -73,9 +73,8 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path, store_dir: Path) -> ResultR
     eval_res = per_process(acc, mem_eval.peak_reserved_bytes)
     peak = lambda xs: None if xs[0] is None else int(max(xs))  # noqa: E731
     train_time = out.timer.total_s - out.val_time_s if losses else 0.0
-    counts = gather_counts(acc, out.tokens)
-    rate = throughput(acc.unwrap_model(run.model), run.ctx.head_names, counts, train_time, run.device,
-                      spec.train.mixed_precision, out.needs_input_grad)
+    rate = throughput(acc.unwrap_model(run.model), run.ctx.head_names, gather_counts(acc, out.tokens), train_time,
+                      run.device, spec.train.mixed_precision, acc.num_processes, out.needs_input_grad)
     return ResultRecord(
         run=run_info(spec, started, n_train=run.n_train, n_test=run.n_test, artifact_dir=str(art_dir),
                      n_validation=len(run.val_ids), predictions=predictions),

@@ -65,18 +65,18 @@ class TokenCount:
     rows: int = 0
     positions: int = 0  # rows x (padded length + extra_positions)
     attended: int = 0  # rows x positions per row x keys per row: the attention term
-    _tokens: list = field(default_factory=list)  # real (unpadded) input tokens, per micro-batch (device tensors)
+    token_sums: list = field(default_factory=list)  # real (unpadded) input tokens, per micro-batch (device tensors)
 
     def add(self, batch: dict) -> None:
         rows, width = batch["input_ids"].shape
         self.rows += rows
         self.positions += rows * (width + self.extra_positions)
         self.attended += rows * (width + self.extra_positions) * (width + self.extra_keys)
-        self._tokens.append(batch["attention_mask"].sum())
+        self.token_sums.append(batch["attention_mask"].sum())
 
     @property
     def tokens(self) -> int:
-        return int(torch.stack(self._tokens).sum().item()) if self._tokens else 0
+        return int(torch.stack(self.token_sums).sum().item()) if self.token_sums else 0
 
 
 def _linear_layers(model: nn.Module, head_names: tuple[str, ...]) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -201,34 +201,30 @@ def peak_flops(device: torch.device, mixed_precision: str) -> tuple[float, str]:
     return known[key], f"measured: best 1024² {precision} matmul, {threads} threads ({name})"
 
 
-def throughput(model: nn.Module, head_names: tuple[str, ...], counts: list[TokenCount], train_time_s: float,
-               device: torch.device, mixed_precision: str, needs_input_grad: dict[int, bool] | None = None) -> dict:
-    """The record's throughput figures (``results.schema.Resources``) from each process's counts;
-    the peak is one device's times the processes."""
-    total = TokenCount(counts[0].extra_positions, counts[0].extra_keys,
-                       *(sum(getattr(c, k) for c in counts) for k in ("rows", "positions", "attended")))
-    tokens, positions = sum(c.tokens for c in counts), total.positions
-    if not positions or not train_time_s:
+def throughput(model: nn.Module, head_names: tuple[str, ...], count: TokenCount, train_time_s: float,
+               device: torch.device, mixed_precision: str, processes: int = 1,
+               needs_input_grad: dict[int, bool] | None = None) -> dict:
+    """The record's throughput figures (``results.schema.Resources``) from the count over all
+    processes (``gather_counts``); the peak is one device's times the processes."""
+    tokens = count.tokens
+    if not count.positions or not train_time_s:
         return {}
-    flops = training_flops(model, head_names, total, needs_input_grad)
+    flops = training_flops(model, head_names, count, needs_input_grad)
     peak, source = peak_flops(device, mixed_precision)
-    peak *= len(counts)
-    return {"train_tokens": tokens, "train_positions": positions, "tokens_per_s": tokens / train_time_s,
+    peak *= processes
+    return {"train_tokens": tokens, "train_positions": count.positions, "tokens_per_s": tokens / train_time_s,
             "train_flops": flops, "flops_per_s": flops / train_time_s, "peak_flops_per_s": peak,
-            "peak_flops_source": source + (f" x {len(counts)} processes" if len(counts) > 1 else ""),
+            "peak_flops_source": source + (f" x {processes} processes" if processes > 1 else ""),
             "mfu": flops / train_time_s / peak}
 
 
-def gather_counts(accelerator, count: TokenCount) -> list[TokenCount]:
-    """Every process's count (``[count]`` for one process)."""
+def gather_counts(accelerator, count: TokenCount) -> TokenCount:
+    """The count summed over the processes of a launch (``count`` itself for one process)."""
     from peft_bench.engine.distributed import per_process
 
     if accelerator.num_processes == 1:
-        return [count]
-    cols = [per_process(accelerator, v) for v in (count.tokens, count.rows, count.positions, count.attended)]
-    out = []
-    for tokens, rows, positions, attended in zip(*cols):
-        c = TokenCount(count.extra_positions, count.extra_keys, int(rows), int(positions), int(attended))
-        c._tokens = [torch.tensor(int(tokens))]
-        out.append(c)
-    return out
+        return count
+    tokens, rows, positions, attended = (int(sum(per_process(accelerator, v)))
+                                         for v in (count.tokens, count.rows, count.positions, count.attended))
+    return TokenCount(count.extra_positions, count.extra_keys, rows, positions, attended,
+                      token_sums=[torch.tensor(tokens)])
