@@ -92,3 +92,20 @@ def test_a_listed_gpu_takes_its_data_sheet_peak():
     assert table_peak("NVIDIA A10G", "bf16") == 70e12  # not the A10's
     assert table_peak("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
     assert table_peak("NVIDIA GeForce RTX 4090", "bf16") is None  # not listed: measured instead
+
+
+def test_a_cached_peak_below_what_a_run_achieved_is_measured_again(tmp_path, monkeypatch):
+    """A peak measured while the machine was busy (below a run's own FLOP/s, which would give an
+    MFU above 1) is measured again and the higher figure kept; a plausible cached peak is reused."""
+    import json
+
+    from peft_bench.engine import throughput
+
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    first, _ = throughput.peak_flops(cpu, "no")  # measured and cached
+    (key,) = json.loads((tmp_path / "peak_flops.json").read_text())
+    (tmp_path / "peak_flops.json").write_text(json.dumps({key: 1e6}))  # as if taken on a busy machine
+    assert throughput.peak_flops(cpu, "no", achieved=0.5e6)[0] == 1e6  # not contradicted: reused
+    again, _ = throughput.peak_flops(cpu, "no", achieved=2e6)
+    assert again > 1e9 and json.loads((tmp_path / "peak_flops.json").read_text()) == {key: again}
