@@ -2,7 +2,8 @@
 
 ``fault`` makes a run fail on purpose at ``fault_step``, in the run's own process, so that tests
 exercise the real failure paths of a suite: an exception, a NaN loss, the process killed with
-SIGKILL, a hang past the timeout, or memory exhausted.
+SIGKILL, a hang past the timeout, or memory exhausted; or pause a run for a few seconds and go on
+(a run that is reliably in the middle of its training when a test kills its suite).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from peft_bench.methods.lora import LoraConfig, LoraMethod
 
 @dataclass
 class DummyConfig(LoraConfig):
-    fault: Literal["none", "raise", "nan", "kill", "hang", "oom"] = opt("none", "failure to inject (tests)")
+    fault: Literal["none", "raise", "nan", "kill", "hang", "oom", "pause"] = opt("none", "failure to inject (tests)")
     fault_step: int = opt(2, "optimizer step after which the fault happens")
+    pause_s: float = opt(3.0, "seconds a `pause` fault sleeps before training goes on")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -32,7 +34,7 @@ class DummyConfig(LoraConfig):
 @register_method("dummy")
 class DummyMethod(LoraMethod):
     config_cls = DummyConfig
-    description = "tests only: LoRA with an injectable fault (raise, nan, kill, hang, oom)"
+    description = "tests only: LoRA with an injectable fault (raise, nan, kill, hang, oom, pause)"
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -54,5 +56,7 @@ class DummyMethod(LoraMethod):
             os.kill(os.getpid(), signal.SIGKILL)
         elif fault == "hang":
             time.sleep(3600)
+        elif fault == "pause":
+            time.sleep(self.config.pause_s)
         elif fault == "oom":
             raise MemoryError("injected: cannot allocate memory")

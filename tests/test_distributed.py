@@ -124,7 +124,7 @@ def test_two_process_ddp_run_gathers_the_whole_test_split_and_writes_one_record(
 
 
 def test_accumulation_checkpointing_and_bf16_train_in_one_process(tmp_path):
-    spec = tiny_spec("lora", method_config={"lr": 0.01}, steps=20, head_lr=0.02, gradient_accumulation_steps=4,
+    spec = tiny_spec("lora", method_config={"lr": 0.01}, steps=20, head_lr=0.02, gradient_accumulation_steps=2,
                      gradient_checkpointing=True, mixed_precision="bf16")
     rec = execute(spec, tmp_path)
     assert rec.status == "ok", rec.error

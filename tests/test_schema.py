@@ -18,7 +18,7 @@ from peft_bench.results.schema import SCHEMA_VERSION, Resources, ResultRecord, R
 from peft_bench.results.store import append_record, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # schema 3
+QUICK = ROOT / "reports" / "quick" / "results.jsonl"  # the published default suite
 # schema 1: three records reports/lester published at commit 728f420 (before it was republished)
 V1 = ROOT / "tests" / "data" / "schema_v1" / "results.jsonl"
 
