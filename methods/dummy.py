@@ -29,6 +29,7 @@ class DummyConfig(LoraConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.fault_step >= 1, "fault_step", "a positive integer", self.fault_step)
+        check(self.pause_s >= 0, "pause_s", "a number of seconds >= 0", self.pause_s)
 
 
 @register_method("dummy")

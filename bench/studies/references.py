@@ -114,7 +114,7 @@ class _Handoff:
     optimizer step until told over ``conn`` to go on (answering "step" after each), and times each
     step from its resumption to its end."""
 
-    def __init__(self, start_rng: torch.Tensor, conn=None):
+    def __init__(self, start_rng: torch.Tensor, conn):
         self.conn = conn
         self.step_times: list[float] = []
         self.start_rng: torch.Tensor | None = start_rng
@@ -143,7 +143,7 @@ class _Handoff:
         self.t = time.perf_counter()
 
 
-def trainer_setup(spec: RunSpec, out_dir: str, conn=None) -> SimpleNamespace:
+def trainer_setup(spec: RunSpec, out_dir: str, conn) -> SimpleNamespace:
     """A ``transformers.Trainer`` over the harness-prepared model and training examples."""
     import datasets
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
