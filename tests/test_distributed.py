@@ -86,16 +86,28 @@ def _tiny_bert_without_dropout(path: Path) -> str:
 def test_two_process_ddp_run_gathers_the_whole_test_split_and_writes_one_record(tmp_path):
     bert = _tiny_bert_without_dropout(tmp_path / "tiny-bert-nodrop")
     suite = tmp_path / "ddp.toml"
-    suite.write_text(SUITE.replace('"tiny-bert"', json.dumps(bert)))
+    text = SUITE.replace('"tiny-bert"', json.dumps(bert))
+    suite.write_text(text.replace(json.dumps(METHODS), json.dumps(METHODS + ["zero_shot"])))
+    # the suite's zero-shot runs already in the store, recorded by one process: the launch resumes
+    first = tmp_path / "first" / "ddp.toml"
+    first.parent.mkdir()
+    first.write_text(text.replace(json.dumps(METHODS), '["zero_shot"]').split("[method.")[0])
+    assert main(["run", str(first), "--out", str(tmp_path / "out"), "--no-switch"]) == 0
+    done = read_records(tmp_path / "out" / "ddp" / "results.jsonl")
+    assert len(done) == 2
     proc = _launch(suite, tmp_path / "out")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "14 runs, 2 skipped" in proc.stdout and "12 to run" in proc.stdout
     assert proc.stdout.count("[1/12]") == 1  # only the main process speaks
     lines = (tmp_path / "out" / "ddp" / "results.jsonl").read_text().splitlines()
     records = read_records(tmp_path / "out" / "ddp" / "results.jsonl")
-    assert len(lines) == len(records) == 2 * len(METHODS)  # exactly one record per run
-    assert sorted(r.run.method for r in records) == sorted(METHODS * 2)
+    assert len(lines) == len(records) == 2 * len(METHODS) + 2  # exactly one record per run
+    assert sorted(r.run.method for r in records) == sorted((METHODS + ["zero_shot"]) * 2)
+    assert [r for r in records if r.run.method == "zero_shot"] == done  # left as they were
     for rec in records:
         assert rec.status == "ok", rec.error
+        if rec.run.method == "zero_shot":
+            continue
         assert rec.env.processes == 2 and rec.env.distributed_type == "MULTI_CPU"
         assert len(rec.resources.peak_mem_train_per_process_bytes) == 2
         assert rec.resources.peak_mem_train_bytes == max(rec.resources.peak_mem_train_per_process_bytes)
@@ -117,10 +129,6 @@ def test_two_process_ddp_run_gathers_the_whole_test_split_and_writes_one_record(
     accs = {r.run.method: r.metrics["accuracy"].value for r in records if r.run.model == bert}
     # something was learned (the equality above is not the trivial one of a constant prediction)
     assert min(accs["prompt_tuning"], accs["lora"], accs["full_finetune"]) > 0.7, accs
-    # a second launch resumes: nothing to run, still one record per run
-    again = _launch(suite, tmp_path / "out")
-    assert again.returncode == 0 and "0 to run" in again.stdout
-    assert len((tmp_path / "out" / "ddp" / "results.jsonl").read_text().splitlines()) == 2 * len(METHODS)
 
 
 def test_accumulation_checkpointing_and_bf16_train_in_one_process(tmp_path):

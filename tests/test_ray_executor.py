@@ -3,8 +3,8 @@
 `peftbench run --executor ray` runs in a subprocess and starts its own local Ray instance. This
 test watches the process table for the Ray workers of chosen runs (their title is
 ``ray::peftbench:<run id>`` while they run one) and SIGKILLs them once the run is under way:
-- run A's worker is killed once: Ray retries the run, which then ends ok;
-- run B's worker is killed on both attempts: the run is recorded as killed after its one retry;
+- run A's worker (a run that pauses 4 s after its second step) is killed once: Ray retries the run, which then ends ok;
+- run B's worker (another such run) is killed on both attempts: the run is recorded as killed after its one retry;
 - run C is left alone.
 Every run ends up in the store exactly once, and a killed worker leaves no run process behind.
 """
@@ -33,10 +33,10 @@ SUITE = """
 name = "r"
 models = ["tiny-bert"]
 tasks = ["dummy"]
-methods = ["lora", "prompt_tuning", "full_finetune"]
+methods = ["dummy", "prompt_tuning"]
 seeds = [0]
 [train]
-steps = 150
+steps = 10
 batch_size = 16
 n_train = 400
 n_test = 64
@@ -44,6 +44,11 @@ eval_batch_size = 32
 max_length = 64
 n_validation = 32
 eval_points = 1
+[method.dummy]   # LoRA that pauses after its second step: a worker killed 1 s in is mid-run
+fault = "pause"
+pause_s = 4
+[grid.dummy]
+r = [4, 8]
 """
 
 
@@ -82,7 +87,8 @@ def _killer(run_id: str, times: int, log: list, stop: threading.Event) -> None:
 def test_ray_suite_survives_killed_workers(tmp_path, capsys):
     suite = tmp_path / "r.toml"
     suite.write_text(SUITE)
-    a, b, c = (s.run_id for s in load_suite(str(suite)).runs)
+    runs = load_suite(str(suite)).runs
+    (a, b), (c,) = ([s.run_id for s in runs if (s.method == "dummy") == paused] for paused in (True, False))
     log: list = []
     stop = threading.Event()
     killers = [threading.Thread(target=_killer, args=(a, 1, log, stop), daemon=True),

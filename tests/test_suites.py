@@ -49,33 +49,6 @@ def test_failures_are_results_and_the_suite_goes_on(tmp_path, capsys):
     assert "1 skipped (already recorded in" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_kill_9_of_the_suite_mid_run_loses_nothing_and_resume_finishes(tmp_path):
-    # the second run pauses 3 s after its second step: killed 1 s after the first record, the suite
-    # is reliably inside that run's training
-    suite = write(tmp_path, TINY + 'methods = ["lora", "dummy", "p_tuning"]\nseeds = [0]\n' + TRAIN
-                  + '[method.dummy]\nfault = "pause"\n')
-    out = tmp_path / "out"
-    results = out / "s" / "results.jsonl"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "peft_bench.cli", "run", suite, "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (results.exists() and len(read_records(results)) >= 1):
-        time.sleep(0.2)
-    time.sleep(1.0)  # now inside the second run's training
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = read_records(results)
-    assert len(first) == 1 and first[0].status == "ok"
-    # the same suite again (the same run ids): only the missing two run
-    assert main(["run", suite, "--out", str(out)]) == 0
-    records = read_records(results)
-    assert sorted(r.run.method for r in records) == ["dummy", "lora", "p_tuning"]
-    assert len(results.read_text().splitlines()) == 3  # nothing duplicated
-    assert [r for r in records if r.run.method == "lora"][0].run_id == first[0].run_id
-
-
 def test_kill_9_during_result_writing(tmp_path):
     """The writer dies half-way through a record: earlier records stay intact, the torn line is
     not a record, and the next append is whole."""
