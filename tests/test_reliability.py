@@ -182,16 +182,20 @@ def _alive(procs) -> list:
     return out
 
 
+def _assert_none_left(family, sig: str) -> None:
+    time.sleep(2.0)
+    left = _alive(family)
+    for p in left:
+        p.kill()
+    assert not left, f"still alive 2 s after {sig} of the suite: {[(p.pid, p.cmdline()[:3]) for p in left]}"
+
+
 @pytest.mark.slow
 def test_sigterm_of_the_suite_leaves_no_server_or_run_behind(tmp_path):
     proc, family, _ = _suite_proc(tmp_path)
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(10)
-    time.sleep(2.0)
-    left = _alive(family)
-    for p in left:
-        p.kill()
-    assert not left, f"still alive 2 s after SIGTERM of the suite: {[(p.pid, p.cmdline()[:3]) for p in left]}"
+    _assert_none_left(family, "SIGTERM")
 
 
 @pytest.mark.slow
@@ -221,11 +225,7 @@ def test_kill_9_of_the_suite_mid_run_leaves_nothing_behind_loses_nothing_and_fre
     assert proc.poll() is None, "the suite ended before it was killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    time.sleep(2.0)
-    left = _alive(family)
-    for p in left:
-        p.kill()
-    assert not left, f"still alive 2 s after SIGKILL of the suite: {[(p.pid, p.cmdline()[:3]) for p in left]}"
+    _assert_none_left(family, "SIGKILL")
     first = read_records(results)
     assert len(first) == 1 and first[0].status == "ok" and first[0].run.method == "lora"
     # the holder died: its lock went with it; the same suite again (the same run ids) runs the missing two
