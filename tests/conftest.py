@@ -12,15 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def tiny_spec(method: str, model: str = "tiny-bert", task: str = "dummy", method_config=None, **train):
-    from peft_bench.core.config import TrainConfig
-    from peft_bench.core.spec import RunSpec
-
-    cfg = dict(steps=40, batch_size=16, n_train=400, n_test=64, eval_batch_size=32, max_length=64, num_threads=2,
-               n_validation=64, eval_points=1)
-    cfg.update(train)
-    return RunSpec(model=model, task=task, method=method, method_config=method_config or {},
-                   train=TrainConfig(**cfg)).resolve()
+from peft_bench.testing import tiny_spec  # noqa: E402,F401  (the contract kit's: tests import it from here)
 
 
 @pytest.fixture(scope="session", autouse=True)

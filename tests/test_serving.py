@@ -1,5 +1,5 @@
-"""Mixed-task batches: every supported method serves each row with its own task's artifact,
-exactly as serving that row alone; the others refuse with the reason."""
+"""Serving saved artifacts: switch timing, throughput, named errors. (Mixed-batch equality and
+refusals are part of every method's contract: tests/test_methods.py.)"""
 
 from __future__ import annotations
 
@@ -7,73 +7,7 @@ import pytest
 import torch
 
 from peft_bench.assets import models
-from peft_bench.interface.method import MixedBatchUnsupported
-from peft_bench.engine.prepare import prepare
-from conftest import tiny_spec
-
-MIXED = [(m, model) for m in ("prompt_tuning", "p_tuning", "lora", "bottleneck_adapter")
-         for model in ("tiny-bert", "tiny-llama")]
-
-
-def three_task_server(method_name: str, model: str, tmp_path):
-    """Three artifacts with different (random) weights, loaded beside each other on a fresh base."""
-    run = prepare(tiny_spec(method_name, model, method_config={"num_virtual_tokens": 5}
-                            if method_name in ("prompt_tuning", "p_tuning") else {}))
-    method, ctx = run.method, run.ctx
-    for i, name in enumerate("abc"):
-        torch.manual_seed(100 + i)
-        with torch.no_grad():
-            for p in run.model.parameters():
-                if p.requires_grad:
-                    p.add_(torch.randn_like(p) * 0.5)
-        method.save(run.model, tmp_path / name)
-    served = models.load(models.resolve(model), run.task.num_labels).model
-    for name in "abc":
-        served = method.load(served, tmp_path / name, ctx, name)
-    return run, method, served.eval()
-
-
-def rows_of_different_lengths(run, n=6):
-    ds = run.test_dl.dataset  # sorted by length, longest first
-    step = max(1, len(ds) // n)
-    feats = [ds[i * step] for i in range(n)]
-    lengths = [len(f["input_ids"]) for f in feats]
-    assert len(set(lengths)) > 2, lengths
-    batch = run.ctx.tokenizer.pad([{"input_ids": f["input_ids"]} for f in feats], return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"], lengths
-
-
-@pytest.mark.parametrize("method_name,model", MIXED)
-def test_mixed_batch_equals_each_row_served_alone(method_name, model, tmp_path):
-    run, method, served = three_task_server(method_name, model, tmp_path)
-    ids, mask, lengths = rows_of_different_lengths(run)
-    names = ["a", "b", "c", "b", "a", "c"]
-    with torch.inference_mode():
-        mixed = method.forward_mixed(served, ids, mask, names).logits
-        L = ids.shape[1]
-        outs = {}
-        for i, (name, n) in enumerate(zip(names, lengths)):
-            method.activate(served, name)
-            alone = served(input_ids=ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n]).logits
-            if run.ctx.kind == "encoder":
-                got, want = mixed[i], alone[0]
-            else:  # virtual tokens come first: the row's own tokens are its last n positions
-                got, want = mixed[i, mixed.shape[1] - L:mixed.shape[1] - L + n], alone[0, -n:]
-            assert (got - want).abs().max().item() <= 1e-5, (i, name)
-            outs.setdefault(name, want)
-    # the three tasks really differ, so a batch served by one artifact would fail the check above
-    assert not torch.allclose(outs["a"][..., :8], outs["b"][..., :8], atol=1e-4)
-
-
-@pytest.mark.parametrize("method_name,reason", [
-    ("prefix_tuning", r"per-row key/value prefix .* silently ignores `adapter_names`"),
-    ("full_finetune", r"n/a, one forward pass runs one full set of weights"),
-])
-def test_unsupported_mixing_is_refused_with_the_reason(method_name, reason, tmp_path):
-    run, method, served = three_task_server(method_name, "tiny-llama", tmp_path)
-    ids, mask, _ = rows_of_different_lengths(run)
-    with pytest.raises(MixedBatchUnsupported, match=reason):
-        method.forward_mixed(served, ids, mask, ["a", "b", "c", "a", "b", "c"])
+from peft_bench.testing import rows_of_different_lengths, three_task_server
 
 
 def test_unknown_adapter_in_a_mixed_batch_is_named(tmp_path):

@@ -22,7 +22,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.get(name)
-        print(f"  {name:<20} {cls.description}")
+        if cls.unavailable:
+            print(f"  {name:<20} NOT RUNNABLE: {cls.unavailable} ({cls.description})")
+            continue
+        only = f" [{' and '.join(cls.model_kinds)} models only: {cls.kind_reason}]" if cls.kind_reason else ""
+        print(f"  {name:<20} {cls.description}{only}")
         if args.configs:
             for f, t, d, h in describe(cls.config_cls):
                 print(f"      {f} ({t}, default {d!r}): {h}")

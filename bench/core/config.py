@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
@@ -37,13 +38,17 @@ def did_you_mean(value: Any, choices) -> str:
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if get_origin(tp) in (list, tuple, dict):
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
 def coerce(name: str, tp: Any, value: Any) -> Any:
     """Check ``value`` against the annotated type ``tp`` (with safe widening int -> float)."""
     origin = get_origin(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
             return None

@@ -30,6 +30,21 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
         self.broken: dict[str, str] = {}  # entry-point name -> why it could not be loaded
+        self._providers: list[Callable[[], dict[str, T]]] = []
+
+    def add_provider(self, provide: Callable[[], dict[str, T]]) -> None:
+        """Register a source of names computed when they are looked up (e.g. one method per type
+        in peft's own registry, so a type registered there later appears here too). Names added
+        directly take precedence over provided ones."""
+        self._providers.append(provide)
+
+    def _provided(self) -> dict[str, T]:
+        out: dict[str, T] = {}
+        for provide in self._providers:
+            for name, obj in provide().items():
+                if name not in self._items:
+                    out.setdefault(name, obj)
+        return out
 
     # -- registration -------------------------------------------------------------------------
     def add(self, name: str, obj: T) -> T:
@@ -83,12 +98,16 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._items:
             self.load_entry_points()
+        if name not in self._items and self._providers:
+            provided = self._provided()
+            if name in provided:
+                return provided[name]
         if name not in self._items and name in self.broken:
             raise KeyError(self.broken[name] + ".")
         if name not in self._items:
             from peft_bench.core.config import did_you_mean
 
-            choices = sorted(self._items)
+            choices = self.names()
             raise KeyError(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, choices)} Valid choices: {', '.join(choices)}."
             )
@@ -96,11 +115,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         self.load_entry_points()
-        return sorted(self._items)
+        return sorted({*self._items, *self._provided()})
 
     def __contains__(self, name: object) -> bool:
         self.load_entry_points()
-        return name in self._items
+        return name in self._items or name in self._provided()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -91,6 +91,12 @@ def suite_path(name_or_path: str) -> Path:
                                     f"Built-in suites: {', '.join(builtin_suites())}."])
 
 
+def _runnable_method(name: str) -> None:
+    """KeyError (unknown, with suggestions; or listed as unable to run, with the reason)."""
+    if why := METHODS.get(name).refusal():
+        raise KeyError(why + ".")
+
+
 def _names(data: dict, key: str, valid: list[str], problems: list[str], check=None) -> list:
     values = data.get(key, [])
     if not values:
@@ -137,7 +143,12 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     trusted = [t for t in data.get("trust_remote_code", []) if isinstance(t, str)]
     model_names = _names(data, "models", [], problems, check=lambda m: models.resolve(m, m in trusted))
     task_names = _names(data, "tasks", TASKS.names(), problems)
-    method_names = _names(data, "methods", METHODS.names(), problems)
+    method_names = _names(data, "methods", METHODS.names(), problems, check=_runnable_method)
+    for mo in model_names:  # a method that cannot run on a model of this kind
+        kind = models.resolve(mo, mo in trusted).kind
+        for me in method_names:
+            if why := METHODS.get(me).refusal(kind):
+                problems.append(f"`methods`: {why}; model {mo!r} is of kind {kind}.")
     seeds = data.get("seeds", [0])
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
         problems.append(f"`seeds` must be a non-empty list of integers in [0, 2**32) (numpy's seed range), got {seeds!r}.")

@@ -57,6 +57,22 @@ class Method(abc.ABC):
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False: nothing to train (a zero-shot baseline), nothing to search
+    # why this method cannot run with peft-bench's models and tasks at all ("" = it can); a suite
+    # naming it is refused before anything runs, `peftbench list` shows the reason
+    unavailable: ClassVar[str] = ""
+    # the model kinds it runs on, and why not on the others (a suite pairing it with one is refused)
+    model_kinds: ClassVar[tuple[str, ...]] = ("encoder", "causal")
+    kind_reason: ClassVar[str] = ""
+
+    @classmethod
+    def refusal(cls, kind: str | None = None) -> str:
+        """Why this method cannot run (on a model of ``kind``, when given); "" when it can."""
+        if cls.unavailable:
+            return f"method {cls.name!r} cannot run here: {cls.unavailable}"
+        if kind is not None and kind not in cls.model_kinds:
+            return (f"method {cls.name!r} runs on {' and '.join(cls.model_kinds)} models only"
+                    + (f" ({cls.kind_reason})" if cls.kind_reason else ""))
+        return ""
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_cls()

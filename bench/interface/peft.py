@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +95,6 @@ def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_nam
     peft builds it for one adapter; task heads (encoders) are routed per row by peft's own
     ``ModulesToSaveWrapper`` mixed-batch path.
     """
-    from peft.utils import ModulesToSaveWrapper
-
     unknown = sorted(set(adapter_names) - set(model.peft_config))
     if unknown:
         raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
@@ -116,11 +115,22 @@ def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_nam
     prompts = torch.stack([bank[n] for n in adapter_names]).to(embeds.dtype)
     mask = torch.cat([torch.ones(prompts.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device),
                       attention_mask], dim=1)
+    with heads_routed(model, adapter_names):
+        return model.get_base_model()(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=mask)
+
+
+@contextlib.contextmanager
+def heads_routed(model: nn.Module, adapter_names: list[str]):
+    """Within the block, the task heads peft copies per adapter (``ModulesToSaveWrapper``: an
+    encoder's classifier) serve row i with adapter ``adapter_names[i]``'s copy, through peft's own
+    mixed-batch path for them."""
+    from peft.utils import ModulesToSaveWrapper
+
     hooks = [m.register_forward_pre_hook(lambda mod, args, kw: (args, {**kw, "adapter_names": adapter_names}),
                                          with_kwargs=True)
              for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
     try:
-        return model.get_base_model()(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=mask)
+        yield
     finally:
         for h in hooks:
             h.remove()
