@@ -69,6 +69,8 @@ def test_peft_validates_the_config_up_front(tmp_path, capsys):
     ('["adaption_prompt"]', "tiny-bert", "method 'adaption_prompt' runs on causal models only (peft implements "
                                          "adaption prompts for Llama-style decoder attention only); model "
                                          "'tiny-bert' is of kind encoder"),
+    ('["lora"]\n[grid.lora]\ninit = ["default", "pissa"]', "tiny-bert",
+     "lora's init 'pissa' runs on causal models only here: peft cannot convert it"),
 ])
 def test_a_type_that_cannot_run_is_refused_with_its_reason(tmp_path, capsys, methods, model, message):
     suite = write(tmp_path, f'models = ["{model}"]\ntasks = ["dummy"]\nmethods = {methods}\n' + TRAIN)

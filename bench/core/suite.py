@@ -144,11 +144,6 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     model_names = _names(data, "models", [], problems, check=lambda m: models.resolve(m, m in trusted))
     task_names = _names(data, "tasks", TASKS.names(), problems)
     method_names = _names(data, "methods", METHODS.names(), problems, check=_runnable_method)
-    for mo in model_names:  # a method that cannot run on a model of this kind
-        kind = models.resolve(mo, mo in trusted).kind
-        for me in method_names:
-            if why := METHODS.get(me).refusal(kind):
-                problems.append(f"`methods`: {why}; model {mo!r} is of kind {kind}.")
     seeds = data.get("seeds", [0])
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
         problems.append(f"`seeds` must be a non-empty list of integers in [0, 2**32) (numpy's seed range), got {seeds!r}.")
@@ -175,6 +170,13 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
             problems.append(f"[method.{m}] configures a method that is not in `methods` ({', '.join(method_names)}).")
     variants = {m: _variants(m, method_cfgs.get(m, {}), data.get("grid", {}).get(m), problems)
                 for m in method_names}
+    for mo in model_names:  # a method (or one of its configs) that cannot run on a model of this kind
+        kind = models.resolve(mo, mo in trusted).kind
+        for me in method_names:
+            cls = METHODS.get(me)
+            for cfg in variants[me] or [{}]:
+                if why := cls.refusal(kind, from_dict(cls.config_cls, cfg)):
+                    problems.append(f"`methods`: {why}; model {mo!r} is of kind {kind}.")
     for m in data.get("grid", {}):
         if m not in method_names:
             problems.append(f"[grid.{m}] is a grid for a method that is not in `methods` ({', '.join(method_names)}).")

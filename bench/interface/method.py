@@ -65,8 +65,9 @@ class Method(abc.ABC):
     kind_reason: ClassVar[str] = ""
 
     @classmethod
-    def refusal(cls, kind: str | None = None) -> str:
-        """Why this method cannot run (on a model of ``kind``, when given); "" when it can."""
+    def refusal(cls, kind: str | None = None, config: MethodConfig | None = None) -> str:
+        """Why this method cannot run (on a model of ``kind``, with ``config``, when given); "" when it
+        can. A method whose configs differ in this overrides it (and calls it first)."""
         if cls.unavailable:
             return f"method {cls.name!r} cannot run here: {cls.unavailable}"
         if kind is not None and kind not in cls.model_kinds:

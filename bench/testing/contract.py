@@ -14,9 +14,9 @@ What is checked (``check_method`` runs them all):
 - ``check_only_intended_parameters_change``: no frozen parameter changed by a bit, something beyond
   the task head trained, and (optionally) every trainable name matches a pattern;
 - ``check_parameter_counts``: the trainable count is the number of parameters with requires_grad
-  and peft's own count for peft models; the stored count is what the artifact's safetensors hold;
+  and peft's own count for peft models;
 - ``check_reloads_identically``: the saved artifact, loaded onto a fresh base model, gives the
-  same outputs (1e-5);
+  same outputs (1e-5), and its stored count is what peft loads from it;
 - ``check_serving``: three artifacts loaded side by side; activating each gives its own outputs
   (task switching), and a mixed-task batch either equals each row served alone (1e-5, padded rows
   of different lengths) or is refused with ``MixedBatchUnsupported`` — never silently wrong.
@@ -91,23 +91,25 @@ def check_only_intended_parameters_change(t: Trained, pattern: str | None = None
         assert not stray, f"{t.run.spec.method}: trainable parameters outside {pattern!r}: {stray[:5]}"
 
 
-def check_parameter_counts(t: Trained, tmp_path: Path) -> None:
-    from peft_bench.engine.measurement import stored_size
-
-    model, method = t.model, t.run.method
+def check_parameter_counts(t: Trained) -> None:
+    model = t.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert t.run.params["trainable_params"] == trainable, (t.run.params, trainable)
     if hasattr(model, "get_nb_trainable_parameters"):  # a peft model: peft's own count
         assert int(model.get_nb_trainable_parameters()[0]) == trainable
-    folder = tmp_path / "counted"
-    method.save(model, folder)
+
+
+def _stored_matches_what_loads(method: str, folder: Path, reloaded) -> None:
+    """The stored count (the artifact's safetensors) is what peft loads from it as the adapter."""
+    from peft_bench.engine.measurement import stored_size
+
     stored = stored_size(folder)["stored_params"]
-    assert stored > 0, f"{t.run.spec.method}: the artifact stores no parameters"
-    if hasattr(model, "peft_config"):  # what peft itself saves for the active adapter
+    assert stored > 0, f"{method}: the artifact stores no parameters"
+    if hasattr(reloaded, "peft_config"):
         from peft import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
-        assert stored == sum(v.numel() for v in state.values()), (stored, sorted(state)[:5])
+        state = get_peft_model_state_dict(reloaded, adapter_name="reloaded")
+        assert stored == sum(v.numel() for v in state.values()), (method, stored, sorted(state)[:5])
 
 
 def _batch(run) -> dict:
@@ -123,6 +125,7 @@ def check_reloads_identically(t: Trained, tmp_path: Path) -> None:
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in files), f"{run.spec.method}: a pickle in the artifact"
     fresh = models.load(models.resolve(run.spec.model), run.task.num_labels).model
     reloaded = run.method.load(fresh, folder, run.ctx, name="reloaded").eval()
+    _stored_matches_what_loads(run.spec.method, folder, reloaded)
     batch = _batch(run)
     with torch.inference_mode():
         a = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -208,7 +211,7 @@ def check_method(method: str, model: str, tmp_path: Path, method_config=None, pa
     t = train_tiny(method, model, method_config=method_config, **train)
     check_loss_falls(t)
     check_only_intended_parameters_change(t, pattern)
-    check_parameter_counts(t, tmp_path)
+    check_parameter_counts(t)
     check_reloads_identically(t, tmp_path)
     t.serving = check_serving(method, model, tmp_path / "serving", method_config, run=t.run)
     return t
