@@ -25,7 +25,7 @@ V1 = ROOT / "tests" / "data" / "schema_v1" / "results.jsonl"
 
 def test_published_version_1_records_load_typed_and_write_back_as_the_current_version(tmp_path):
     raw = [json.loads(line) for line in V1.read_text().splitlines()]
-    assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 4
+    assert {d["schema_version"] for d in raw} == {1} and SCHEMA_VERSION == 5
     records = load_records(V1.parent)
     assert len(records) == len(raw) == 3
     for d, rec in zip(raw, records):

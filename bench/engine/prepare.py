@@ -16,6 +16,7 @@ from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
 from peft_bench.core.spec import RunSpec
 from peft_bench.engine.data import run_data
 from peft_bench.engine.distributed import cpu_threads
+from peft_bench.engine.forgetting import Forgetting
 from peft_bench.engine.measurement import MemoryBaseline, count_parameters, release_memory
 from peft_bench.engine.objectives import objective_for
 from peft_bench.interface.method import Method, ModelContext
@@ -65,6 +66,7 @@ class Prepared:
     load_time_s: float  # data + base model + tokeniser
     setup_time_s: float  # the rest of ``prepare``: accelerator, the method's wrapping, loaders
     baseline: MemoryBaseline  # the prepared model on its device: both memory windows are above it
+    forgetting: Any = None  # causal LMs: ``engine.forgetting.Forgetting``, the base model's loss taken
 
 
 def model_context(mspec, task: TaskSpec, tokenizer, train_texts: list[str] | None = None) -> ModelContext:
@@ -126,6 +128,11 @@ def prepare(spec: RunSpec) -> Prepared:
             lm.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # causal LMs: the base model's loss on general text, before the method touches it (not in
+    # load or setup time: its own time is recorded)
+    t_forget = time.perf_counter()
+    forgetting = Forgetting(lm.model, lm.tokenizer, device) if mspec.kind == "causal" else None
+    t_forget = time.perf_counter() - t_forget
     set_seed(cfg.seed)  # the same initialisation of new weights whatever happened above
     model = method.prepare(lm.model, ctx).to(device)
     params = count_parameters(method, model, head_names)
@@ -149,5 +156,6 @@ def prepare(spec: RunSpec) -> Prepared:
                     n_test=len(data.test_enc), train_labels=data.train_rows["label"],
                     train_dl=train_dl, test_dl=test_dl, val_dl=val_dl, test_ids=[e["id"] for e in data.test_enc],
                     val_ids=[e["id"] for e in data.val_enc] if val_dl is not None else [], params=params, load_time_s=load_time,
-                    setup_time_s=time.perf_counter() - started - load_time, baseline=baseline)
+                    setup_time_s=time.perf_counter() - started - load_time - t_forget, baseline=baseline,
+                    forgetting=forgetting)
 

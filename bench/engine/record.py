@@ -61,6 +61,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path, store_dir: Path) -> ResultR
     acc.wait_for_everyone()
     save_time = time.perf_counter() - t_save
     metrics, test_pred, ev, mem_eval = evaluate(run)
+    forgetting = run.forgetting.measure(acc.unwrap_model(run.model), run.device) if run.forgetting else {}
     losses = out.losses
     val = out.val_predictions
     predictions = None
@@ -92,7 +93,7 @@ def train_and_evaluate(spec: RunSpec, art_dir: Path, store_dir: Path) -> ResultR
             step_time_median_s=out.timer.median_step_s, train_examples_per_s=out.timer.examples_per_s,
             eval_time_s=ev.total_s, eval_examples_per_s=ev.examples_per_s, train_steps=len(losses),
             first_loss=sum(losses[:10]) / len(losses[:10]) if losses else None,
-            final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None, **forgetting,
         ),
         curves=Curves(train_loss=loss_curve(losses),
                       validation=[{"step": step, **{k: m["value"] for k, m in ms.items()}} for step, ms in out.validation]),

@@ -24,7 +24,8 @@ settings and data), pooled over seeds. Columns:
   ``stored_params``, ``stored_bytes``;
 - resources (mean over seeds, and ``<name>_std``): ``peak_mem_train_bytes``, ``peak_mem_eval_bytes``,
   ``train_time_s``, ``step_time_median_s``, ``eval_examples_per_s``, ``train_examples_per_s``,
-  ``run_wall_s``, ``tokens_per_s``, ``mfu`` (``engine.throughput``);
+  ``run_wall_s``, ``tokens_per_s``, ``mfu`` (``engine.throughput``), ``forgetting`` (causal LMs:
+  ``engine.forgetting``);
 - task switching, when measured (``peftbench switch``; medians of the latest measurement that
   served this variant's runs): ``warm_switch_s`` (activate), ``cold_switch_s`` (load + activate),
   ``forward_s`` (the forward alone), ``warm_first_output_s`` / ``cold_first_output_s`` (switch +
@@ -47,7 +48,7 @@ from peft_bench.results.variants import group, settings
 
 PARAM_COLUMNS = ("trainable_params", "total_params", "trainable_head_params", "stored_params", "stored_bytes")
 RESOURCE_COLUMNS = ("peak_mem_train_bytes", "peak_mem_eval_bytes", "train_time_s", "step_time_median_s",
-                    "eval_examples_per_s", "train_examples_per_s", "run_wall_s", "tokens_per_s", "mfu")
+                    "eval_examples_per_s", "train_examples_per_s", "run_wall_s", "tokens_per_s", "mfu", "forgetting")
 SWITCH_COLUMNS = {"warm_switch_s": "warm_switch", "cold_switch_s": "cold_switch", "forward_s": "forward",
                   "warm_first_output_s": "warm_first_output", "cold_first_output_s": "cold_first_output"}
 HIGHER_IS_BETTER_COLUMNS = {"eval_examples_per_s", "train_examples_per_s", "tokens_per_s", "mfu"}

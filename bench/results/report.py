@@ -81,7 +81,7 @@ def _rank(row: pd.Series) -> str:
     return f"{int(lo)}" if lo == hi else f"{int(lo)}–{int(hi)}"
 
 
-def _columns(metric_names: tuple[str, ...], with_switch: bool) -> list[tuple]:
+def _columns(metric_names: tuple[str, ...], with_switch: bool, with_forgetting: bool = False) -> list[tuple]:
     """(title, summary column, formatter, which value is bold: "rank" (accuracy: no variant
     significantly better), "min" (exact counts: the smallest) or None)."""
     cols: list[tuple] = [(f"{m} ↑" + (" [95% CI]" if m == "accuracy" else ""), m, None,
@@ -101,6 +101,8 @@ def _columns(metric_names: tuple[str, ...], with_switch: bool) -> list[tuple]:
         ("tokens/s ↑", "tokens_per_s", lambda v: f"{v:,.0f}", None),
         ("MFU ↑", "mfu", lambda v: f"{v:.1%}", None),
     ]
+    if with_forgetting:
+        cols += [("forgetting ↓", "forgetting", lambda v: f"{v:+.3f}", None)]
     if with_switch:
         cols += [("warm switch ↓", "warm_switch_s", fmt_ms, None), ("cold switch ↓", "cold_switch_s", fmt_ms, None)]
     return cols
@@ -117,7 +119,8 @@ def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, 
 def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> str:
     if summary.empty:
         return "_no successful runs_"
-    cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()))
+    cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()),
+                    with_forgetting=bool(summary["forgetting"].notna().any()))
     # the smallest exact count, as displayed: values that print the same are tied and all marked
     best = {title: fmt(summary[col].min()) for title, col, fmt, how in cols
             if how == "min" and len(summary) > 1 and summary[col].notna().any()}
@@ -296,7 +299,9 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         "trained on per second of training; MFU = estimated model FLOPs of training per second over the "
         "device's peak in the run's precision (" + peak_note(ok) + "; FLOPs counted from the model's linear "
         "layers and attention, weight gradients only for what trains: `engine/throughput.py`); switch = median task-switch "
-        "latency when measured (see Task switching). Time and memory have no interval here and are not "
+        "latency when measured (see Task switching); forgetting (causal LMs) = the language-modelling loss on "
+        "general English text with the run's adapter or weights minus the base model's, nats per token, "
+        "positive = worse (24 fixed news articles, up to 128 tokens each: `engine/forgetting.py`). Time and memory have no interval here and are not "
         "ranked. **did not train**: a run whose loss did not fall by 5%, or whose validation accuracy never "
         "rose above the majority class by two standard errors (`results/aggregate.py: training_problem`).", ""]
     for task in sorted({r.run.task for r in records}):

@@ -7,8 +7,8 @@ a number stays a number, a value not known is ``null``.
 Versions: 1 wrote only the keys a run produced (a failed run: ``run`` and ``error``); 2 writes
 every declared key of every section, ``null`` where unknown; 3 adds validation metrics,
 learning curves (``curves``), the per-example predictions file (``run.predictions``) and how a
-configuration was selected (``run.search``); 4 (this one) adds training throughput (tokens/s, model
-FLOPs and their share of the device's peak). All are read; a key this
+configuration was selected (``run.search``); 4 adds training throughput (tokens/s, model FLOPs and
+their share of the device's peak); 5 (this one) adds forgetting (causal LMs). All are read; a key this
 version does not declare (a record from another writer) is kept in the section's ``extra`` and
 written back unchanged, so that merging stores never loses a value.
 
@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 # switch.jsonl lines; 2: switches timed without a forward, first output beside
 SWITCH_SCHEMA_VERSION = 2
 
@@ -136,6 +136,11 @@ class Resources(Section):
     mfu: float | None = None  # flops_per_s / peak_flops_per_s (model FLOPs utilisation)
     first_loss: float | None = None  # mean of the first 10 steps' losses
     final_loss: float | None = None  # mean of the last 10
+    # causal LMs (``engine.forgetting``): loss on a fixed general-text sample, nats per token
+    general_loss_base: float | None = None  # the base model's, before the method touched it
+    general_loss_adapted: float | None = None  # with the trained adapter / weights
+    forgetting: float | None = None  # adapted - base: positive = worse at general text
+    forgetting_time_s: float | None = None  # both measurements (not in load, setup or train time)
     run_wall_s: float | None = None  # the run in its process, start to record
     isolated_wall_s: float | None = None  # the run's child process, fork to hand-back
     isolation_overhead_s: float | None = None  # isolated_wall_s - run_wall_s
