@@ -119,6 +119,7 @@ def _batch(run) -> dict:
 def check_reloads_identically(t: Trained, tmp_path: Path) -> None:
     run, model = t.run, t.model.eval()
     folder = tmp_path / "artifact"
+    folder.mkdir(parents=True)  # as the harness does: `save` writes into an existing, empty folder
     run.method.save(model, folder)
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert any(p.suffix == ".safetensors" for p in files), f"{run.spec.method}: the artifact has no safetensors file"
@@ -148,6 +149,7 @@ def three_task_server(method: str, model: str, tmp_path: Path, method_config=Non
             for p in run.model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn_like(p) * 0.5)
+        (tmp_path / name).mkdir(parents=True)
         run.method.save(run.model, tmp_path / name)
     served = models.load(models.resolve(model), run.task.num_labels).model
     for name in "abc":
