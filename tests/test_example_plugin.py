@@ -30,6 +30,7 @@ def bitfit():
         sys.path.remove(str(EXAMPLE))
 
 
+@pytest.mark.slow
 def test_the_example_plugin_keeps_the_contract(bitfit, tmp_path):
     t = check_method(bitfit, "tiny-bert", tmp_path, method_config={"lr": 1e-2}, pattern=r"\.bias$|classifier")
     assert "cannot serve a mixed-task batch" in t.serving

@@ -3,6 +3,7 @@ against transformers' own language-modelling loss on the same tokens."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from peft_bench.assets import models
@@ -22,6 +23,7 @@ def _hf_loss(model, text) -> float:
     return total / text.tokens
 
 
+@pytest.mark.slow
 def test_forgetting_is_the_adapted_minus_the_base_general_text_loss(tmp_path):
     rec = execute(tiny_spec("lora", "tiny-llama", method_config={"lr": 0.01}), tmp_path)
     assert rec.status == "ok", rec.error
@@ -44,6 +46,7 @@ def test_forgetting_is_the_adapted_minus_the_base_general_text_loss(tmp_path):
     assert "forgetting ↓" in table and f"{res.forgetting:+.3f}" in table
 
 
+@pytest.mark.slow
 def test_the_untrained_model_forgets_nothing_and_encoders_have_no_figure(tmp_path):
     rec = execute(tiny_spec("zero_shot", "tiny-llama"), tmp_path / "z")
     assert rec.status == "ok", rec.error

@@ -33,14 +33,16 @@ BUILTIN = [  # (method, model, method_config, regex of parameter names that must
     ("p_tuning", "tiny-llama", {}, PEFT_TRAINABLE, MIXES),
     ("lora", "tiny-bert", {}, PEFT_TRAINABLE, MIXES),
     ("lora", "tiny-llama", {}, PEFT_TRAINABLE, MIXES),
-    ("lora", "tiny-bert", {"use_dora": True, "use_rslora": True}, PEFT_TRAINABLE, "DoRA"),
-    ("lora", "tiny-llama", {"init": "pissa"}, PEFT_TRAINABLE, MIXES),
-    ("lora", "tiny-llama", {"init": "olora"}, PEFT_TRAINABLE, MIXES),
-    ("lora", "tiny-llama", {"init": "gaussian", "use_dora": True}, PEFT_TRAINABLE, "DoRA"),
     ("bottleneck_adapter", "tiny-bert", {"variant": "houlsby", "lr": 3e-3}, PEFT_TRAINABLE, MIXES),
     ("bottleneck_adapter", "tiny-llama", {"variant": "pfeiffer", "lr": 3e-3}, PEFT_TRAINABLE, MIXES),
     ("full_finetune", "tiny-bert", {"lr": 1e-3}, r".", r"n/a, one forward pass runs one full set of weights"),
     ("full_finetune", "tiny-llama", {"lr": 1e-3}, r".", r"n/a, one forward pass runs one full set of weights"),
+]
+LORA_VARIANTS = [  # peft's LoRA variants through lora's config
+    ("lora", "tiny-bert", {"use_dora": True, "use_rslora": True}, PEFT_TRAINABLE, "DoRA"),
+    ("lora", "tiny-llama", {"init": "pissa"}, PEFT_TRAINABLE, MIXES),
+    ("lora", "tiny-llama", {"init": "olora"}, PEFT_TRAINABLE, MIXES),
+    ("lora", "tiny-llama", {"init": "gaussian", "use_dora": True}, PEFT_TRAINABLE, "DoRA"),
 ]
 # sizes peft's defaults set for wider layers than the tiny models' (64 wide)
 TINY_CONFIGS = {"shira": {"r": 4}, "waveft": {"n_frequency": 100}}
@@ -66,7 +68,7 @@ def _ids(case):
     return f"{case[0]}-{case[1]}" + "".join(f"-{k}={v}" for k, v in case[2].items())
 
 
-@pytest.mark.parametrize("case", BUILTIN, ids=_ids)
+@pytest.mark.parametrize("case", BUILTIN + [pytest.param(c, marks=pytest.mark.slow) for c in LORA_VARIANTS], ids=_ids)
 def test_builtin_method_keeps_the_contract(case, tmp_path):
     method, model, config, pattern, serving = case
     t = check_method(method, model, tmp_path, method_config=config, pattern=pattern)

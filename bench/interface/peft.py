@@ -76,14 +76,15 @@ class PeftMethod(Method):
 
     def virtual_tokens(self, model: nn.Module) -> tuple[int, int]:
         """Prompt and P-tuning prepend their virtual tokens to the input (positions and keys);
-        prefix tuning's go to every layer's keys and values only."""
+        prefix tuning's and cartridges' go to every layer's keys and values only (peft passes them
+        as past key values)."""
         from peft import PeftType
 
         cfg = model.peft_config[model.active_adapter] if isinstance(model, PeftModel) else None
         if cfg is None or not cfg.is_prompt_learning:
             return 0, 0
         v = int(cfg.num_virtual_tokens)
-        return (0, v) if cfg.peft_type == PeftType.PREFIX_TUNING else (v, v)
+        return (0, v) if cfg.peft_type in (PeftType.PREFIX_TUNING, PeftType.CARTRIDGE) else (v, v)
 
 
 def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_names: list[str]):
