@@ -8,6 +8,7 @@ import json
 
 from peft_bench.cli import main
 from peft_bench.results.predictions import read_predictions
+from peft_bench.results.schema import SCHEMA_VERSION
 from peft_bench.results.store import read_records
 
 pytestmark = pytest.mark.slow  # end to end: real processes, launches or models
@@ -32,7 +33,7 @@ def test_minilm_whole_pipeline_through_the_cli(tmp_path):
     assert rec.resources.train_steps == 4 and rec.resources.peak_mem_train_bytes > 0
     assert rec.env.packages["peft"] and rec.run.n_test == 64
     line = json.loads(rec.to_json())
-    assert line["schema_version"] == 4
+    assert line["schema_version"] == SCHEMA_VERSION
     # every key a real run writes is declared by the schema, and every declared key is written
     for name in ("run", "params", "resources", "curves", "baselines", "env"):
         section = getattr(rec, name)
