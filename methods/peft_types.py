@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 from peft import PeftConfig, PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+import torch
 from torch import nn
 
 from peft_bench import (
-    METHODS, ConfigError, MethodConfig, MixedBatchUnsupported, ModelContext, PeftMethod, heads_routed, opt, task_type,
+    METHODS, ConfigError, assert_safetensors_only, MethodConfig, MixedBatchUnsupported, ModelContext, PeftMethod, heads_routed, opt, task_type,
 )
 
 # the types whose hand-written method is the reference implementation (methods/<name>.py)
@@ -36,8 +37,6 @@ REFERENCE = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning", "lora"})
 
 # why a type cannot train on single-task classification with peft-bench's models (any kind)
 UNAVAILABLE = {
-    "adalora": "its rank allocation reads each step's gradients before they are cleared and adds an "
-               "orthogonality term to the training loss; the shared training loop has neither hook",
     "xlora": "X-LoRA mixes LoRA experts that are already trained (its `adapters`); a run has none",
     "poly": "Poly routes every example by a task id (`task_ids` in each forward); a single-task run has none",
     "multitask_prompt_tuning": "its prompt is factored per task and needs a task id in every forward "
@@ -52,8 +51,10 @@ ONLY_KIND = {
     "adaption_prompt": ("causal", "peft implements adaption prompts for Llama-style decoder attention only"),
 }
 # default learning rate per family (the rest: 1e-3, as LoRA here). Not validated on these tasks:
-# from the methods' papers, which train vectors or spectral coefficients at higher rates
-LEARNING_RATES = {"adaption_prompt": 1e-2, "ia3": 3e-3, "trainable_tokens": 3e-2, "vera": 1e-2, "pvera": 1e-2, "fourierft": 5e-2, "waveft": 5e-2}
+# from the methods' papers, which train vectors or spectral coefficients at higher rates; AdaLoRA
+# starts from zero singular values and small factors (sigma 0.02): at 1e-3 a 40-step run on the tiny
+# causal LM leaves its loss flat (5.526 -> 5.531), at 1e-2 it falls (5.526 -> 5.284)
+LEARNING_RATES = {"adalora": 1e-2, "adaption_prompt": 1e-2, "ia3": 3e-3, "trainable_tokens": 3e-2, "vera": 1e-2, "pvera": 1e-2, "fourierft": 5e-2, "waveft": 5e-2}
 # defaults peft leaves unset that a run needs (trainable_tokens: empty = the task's own tokens, below)
 DEFAULTS = {"adaption_prompt": {"adapter_len": 10, "adapter_layers": 1},
             "cartridge": {"num_virtual_tokens": 20}}
@@ -64,6 +65,15 @@ FALLBACK_TARGETS = {"ln_tuning": {"bert": ["LayerNorm"]}}
 # sizes that must divide the adapted layers' widths; peft's defaults suit wider models: where the
 # default does not divide, the largest power of two below it that divides every width is used
 DIVIDING_SIZES = {"c3a": "block_size", "vblora": "vector_length", "road": "group_size"}
+# fields of the harness's own beside peft's (name: type, default, help), read by ``init_adapter``
+OWN_FIELDS = {"cartridge": {"init": (
+    typing.Literal["auto", "text", "random"], "auto",
+    "where the keys and values start: 'text' = the base model's own keys and values of the first training "
+    "prompts (the Cartridges paper's best initialisation, peft's initialize_kv_prefix_from_text), 'random' "
+    "= peft's default; 'auto' = 'text' on causal LMs, 'random' on encoders (they return no key/value cache)")}}
+# fields the run fills (from ``ModelContext``), not set in a suite: peft validates them when the run
+# starts; when a suite is loaded, with a stand-in (AdaLoRA's budget schedule spans the run's steps)
+RUN_FIELDS = {"adalora": {"total_step": ("train_steps", 10**6)}}
 # filled in by peft from the model, or fixed by the harness
 HIDDEN = frozenset({f.name for f in dataclasses.fields(PeftConfig)}
                    | {"num_transformer_submodules", "num_attention_heads", "num_layers", "token_dim"})
@@ -100,17 +110,24 @@ class GenericPeftConfig(MethodConfig):
     method_name: ClassVar[str] = ""
 
     def peft_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "lr"}
+        own = {"lr", *OWN_FIELDS.get(self.method_name, {})}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.method_name in UNAVAILABLE:  # refused by name before any run: no config to check
             return
-        try:
-            self.peft_cls(**self.peft_kwargs())
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"peft's {self.peft_cls.__name__} refuses this config: "
-                              f"{(str(e).strip().splitlines() or [''])[0]}") from None
+        stand_ins = {k: v for k, (_, v) in RUN_FIELDS.get(self.method_name, {}).items()}
+        _peft_config(self.peft_cls, **self.peft_kwargs(), **stand_ins)
+
+
+def _peft_config(peft_cls: type, **kwargs: Any) -> PeftConfig:
+    """peft's config; its refusal (peft validates in ``__post_init__``) as a ConfigError."""
+    try:
+        return peft_cls(**kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"peft's {peft_cls.__name__} refuses this config: "
+                          f"{(str(e).strip().splitlines() or [''])[0]}") from None
 
 
 def _camel(name: str) -> str:
@@ -125,8 +142,9 @@ def _config_class(name: str, peft_cls: type) -> type:
     fields: list[tuple[str, Any, Any]] = [
         ("lr", float, opt(LEARNING_RATES.get(name, 1e-3), "peak learning rate"
                           + (" (the family's usual rate, not validated here)" if name in LEARNING_RATES else "")))]
+    fields += [(k, tp, opt(default, text)) for k, (tp, default, text) in OWN_FIELDS.get(name, {}).items()]
     for f in dataclasses.fields(peft_cls):
-        if f.name in HIDDEN or not f.init or f.name == "lr":
+        if f.name in HIDDEN or f.name in RUN_FIELDS.get(name, {}) or not f.init or f.name == "lr":
             continue
         default = DEFAULTS.get(name, {}).get(f.name, _default(f))
         if default is not None and not isinstance(default, (int, float, str, list, dict, tuple)):
@@ -163,17 +181,95 @@ class GenericPeftMethod(PeftMethod):
             key = DIVIDING_SIZES[self.name]
             widths = _target_widths(model, kw.get("target_modules") or (known or {}).get(model_type) or [])
             kw[key] = _dividing_size(kw[key], widths)
-        return type(c).peft_cls(task_type=task_type(ctx), **kw)
+        kw.update({k: getattr(ctx, attr) for k, (attr, _) in RUN_FIELDS.get(self.name, {}).items()})
+        return _peft_config(type(c).peft_cls, task_type=task_type(ctx), **kw)
+
+    def init_adapter(self, model: PeftModel, ctx: ModelContext) -> None:
+        if self.name == "cartridge" and self.config.init in ("text", "auto") and not (
+                self.config.init == "auto" and ctx.kind != "causal"):
+            _kv_from_training_text(model, ctx)
 
     def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
-        if isinstance(model, PeftModel) and hasattr(model.base_model, "_enable_peft_forward_hooks"):
+        if isinstance(model, PeftModel) and _routes_rows(model):
             # peft routes the adapted layers' rows; the task heads (encoders) are routed here, as
             # peft's LoRA path does for itself (GLoRA and RoAd leave them to the active adapter)
             with heads_routed(model, list(adapter_names)):
                 return model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=list(adapter_names))
-        # peft drops `adapter_names` for every other type: each row would get the active adapter
+        # peft drops or ignores `adapter_names` for every other type: each row would get the active adapter
         raise MixedBatchUnsupported(f"peft does not route rows to adapters for {self.name!r} (it would serve "
                                     f"every row with the active one)")
+
+
+def _routes_rows(model: PeftModel) -> bool:
+    """peft passes ``adapter_names`` to the adapted layers (``_enable_peft_forward_hooks``) and every
+    adapted layer's forward reads it (AdaLoRA's layers take the hook's argument and ignore it)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not hasattr(model.base_model, "_enable_peft_forward_hooks"):
+        return False
+    layers = {type(m) for m in model.modules() if isinstance(m, BaseTunerLayer)}
+    return bool(layers) and all("adapter_names" in t.forward.__code__.co_varnames for t in layers)
+
+
+class AdaLoraSteps(GenericPeftMethod):
+    """AdaLoRA's two additions to the training loop, made as peft's own AdaLoRA example makes them:
+    the rank allocation after each optimizer step (it reads the step's gradients), and the
+    orthogonality penalty on its P and Q factors, which peft adds inside its forward only to a loss
+    the model computes itself (the harness computes the loss from the logits)."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._step = 0
+
+    def after_step(self, model: nn.Module) -> None:
+        getattr(model, "module", model).base_model.update_and_allocate(self._step)
+        self._step += 1
+
+    def regularization(self, model: nn.Module):
+        # written out because peft has it only inline in ``AdaLoraModel.forward``: the mean over the
+        # adapter's A (rows) and B (columns) of ||P P^T - I||_F, times ``orth_reg_weight``
+        tuner = getattr(model, "module", model).base_model
+        name = tuner.trainable_adapter_name
+        weight = tuner.peft_config[name].orth_reg_weight
+        terms = []
+        for n, p in tuner.model.named_parameters():
+            if p.requires_grad and ("lora_A" in n or "lora_B" in n) and name in n:
+                cov = p @ p.T if "lora_A" in n else p.T @ p
+                terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)))
+        return weight * torch.stack(terms).mean() if weight and terms else None
+
+    def load(self, model: nn.Module, path, ctx: ModelContext, name: str) -> nn.Module:
+        # peft's AdaLoraModel finds the module of each saved `rank_pattern` key by asking whether the
+        # adapter's name occurs in the key (a substring test), and saved keys carry no name: loaded as
+        # "t" (a substring of "attention"), "...attention.self.query.lora_E" resolves to the attention
+        # block and the load fails. With the name appended, every key resolves to its own layer.
+        assert_safetensors_only(path)
+        config = PeftConfig.from_pretrained(str(path))
+        config.rank_pattern = {f"{k}.{name}": v for k, v in (config.rank_pattern or {}).items()} or None
+        config.inference_mode = True
+        if isinstance(model, PeftModel):
+            model.add_adapter(name, config)
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name, config=config, is_trainable=False)
+        return self.activate(model, name)
+
+
+# types whose training needs more than peft's get_peft_model, save and load
+BASES = {"adalora": AdaLoraSteps}
+
+
+def _kv_from_training_text(model: PeftModel, ctx: ModelContext) -> None:
+    """A cartridge's keys and values start as the base model's own for the first tokens of the
+    training prompts (joined, repeated if short), as the Cartridges paper initialises from its corpus."""
+    from peft import initialize_kv_prefix_from_text
+
+    n = model.peft_config[model.active_adapter].num_virtual_tokens
+    texts = ctx.train_texts or [ctx.task.prompt({f: "" for f in ctx.task.input_fields})]
+    text = ""
+    while len(ctx.tokenizer(text, add_special_tokens=False)["input_ids"]) < n:
+        text += "\n".join(texts) + "\n"
+    initialize_kv_prefix_from_text(model, ctx.tokenizer, text=text, use_chat_template=False, max_length=n)
 
 
 def _task_tokens(ctx: ModelContext) -> list[int]:
@@ -211,7 +307,7 @@ def _method_class(peft_type, peft_cls) -> type:
                  "description": f"peft {peft_type.value} ({peft_cls.__name__}), through peft's own API",
                  "unavailable": UNAVAILABLE.get(name, ""), "kind_reason": why,
                  "model_kinds": (kind,) if kind else ("encoder", "causal")}
-        cls = type(f"{_camel(name)}Method", (GenericPeftMethod,), attrs)
+        cls = type(f"{_camel(name)}Method", (BASES.get(name, GenericPeftMethod),), attrs)
         cls.__module__ = __name__
         for c in (cls, attrs["config_cls"]):
             setattr(sys.modules[__name__], c.__name__, c)

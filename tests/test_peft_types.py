@@ -113,3 +113,33 @@ def test_a_type_registered_in_peft_at_run_time_is_a_method(tmp_path):
             t.clear()
             t.update(before)
     assert METHODS.get("frod").config_cls.peft_cls is FrodConfig
+
+
+def test_adalora_allocates_ranks_and_adds_peft_s_orthogonality_penalty(tmp_path):
+    """AdaLoRA's two loop additions: the run's steps are its budget schedule, the allocation masks
+    singular values (the artifact keeps only the ranks left), and the penalty is the one peft adds
+    inside its own forward when the model computes the loss (checked against that forward)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from peft_bench.testing import train_tiny
+
+    t = train_tiny("adalora", "tiny-llama", method_config={"init_r": 6, "target_r": 2})
+    model = t.model
+    assert model.peft_config["default"].total_step == 40
+    t.run.method.save(model, tmp_path)
+    pattern = json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"]
+    kept = {k: sum(v) for k, v in pattern.items()}
+    assert kept and sum(kept.values()) < 6 * len(kept), kept  # the budget fell from init_r towards target_r
+    stored = load_file(tmp_path / "adapter_model.safetensors")
+    assert sum(v.numel() for k, v in stored.items() if "lora_E" in k) == sum(kept.values())
+
+    model.eval()
+    ids = torch.randint(3, 100, (2, 12))
+    plain = model(input_ids=ids, labels=ids).loss  # AdaLoraModel.forward adds its penalty to this loss
+    reg = t.run.method.regularization(model)
+    without = model.get_base_model()(input_ids=ids, labels=ids).loss  # the same model, peft's forward skipped
+    assert reg is not None and reg.item() > 0
+    torch.testing.assert_close(plain - without, reg, rtol=1e-5, atol=1e-6)

@@ -122,17 +122,18 @@ def train_steps(run: Prepared) -> Generator[int, None, TrainOutcome]:
                 with contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model):
                     with acc.autocast():
                         loss = objective.loss(model, batch) / accum
+                        reg = run.method.regularization(model)
                     if probe is not None:  # the first forward only: which layers need input gradients
                         probe.remove()
                         out.needs_input_grad = probe.needs
-                    acc.backward(loss)
+                    acc.backward(loss if reg is None else loss + reg / accum)
                 step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             run.method.after_step(model)
+            optimizer.zero_grad(set_to_none=True)
             local.append(step_loss)
             timer.step(cfg.batch_size)
             if step + 1 in at:  # outside every step's time (the clock restarts below)

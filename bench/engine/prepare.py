@@ -69,12 +69,13 @@ class Prepared:
     forgetting: Any = None  # causal LMs: ``engine.forgetting.Forgetting``, the base model's loss taken
 
 
-def model_context(mspec, task: TaskSpec, tokenizer, train_texts: list[str] | None = None) -> ModelContext:
+def model_context(mspec, task: TaskSpec, tokenizer, train_texts: list[str] | None = None,
+                  train_steps: int = 0) -> ModelContext:
     """What a method learns about the model it adapts (the one place that decides the head)."""
     return ModelContext(kind=mspec.kind, tokenizer=tokenizer, task=task,
                         head_names=("classifier",) if mspec.kind == "encoder" else (),
                         reload=lambda p: models.load_model(mspec, p, task.num_labels),
-                        train_texts=list(train_texts or []))
+                        train_texts=list(train_texts or []), train_steps=train_steps)
 
 def prepare(spec: RunSpec) -> Prepared:
     """Validate the spec, load data and model, let the method make it trainable."""
@@ -115,7 +116,8 @@ def prepare(spec: RunSpec) -> Prepared:
     objective = objective_for(mspec.kind, task, lm.tokenizer, cfg.max_length)
     data = run_data(spec, task, lm.path, objective)
     cols = list(task.input_fields)
-    ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: data.train_rows[f] for f in cols}))
+    ctx = model_context(mspec, task, lm.tokenizer, train_texts=objective.texts({f: data.train_rows[f] for f in cols}),
+                        train_steps=cfg.steps)
     head_names = ctx.head_names
     load_time = time.perf_counter() - t0
 

@@ -48,6 +48,7 @@ class ModelContext:
     head_names: tuple[str, ...]  # modules of the task head (trained by every method)
     reload: Callable[[str], nn.Module]  # load a full model of this kind from a saved directory
     train_texts: list[str] = field(default_factory=list)  # a sample of training inputs
+    train_steps: int = 0  # optimizer steps the run will take (0: not training, e.g. serving)
 
 
 class Method(abc.ABC):
@@ -124,7 +125,13 @@ class Method(abc.ABC):
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def after_step(self, model: nn.Module) -> None:
-        """Hook called after each optimizer step (e.g. to keep constraints); default: nothing."""
+        """Hook called after each optimizer step, before the gradients are cleared (they still hold
+        the step's gradients: AdaLoRA's rank allocation reads them); default: nothing."""
+
+    def regularization(self, model: nn.Module):
+        """A term added to each micro-batch's training loss (a tensor), or None (the default). It is
+        optimised but not recorded: the recorded loss is the task's alone, comparable across methods."""
+        return None
 
     def virtual_tokens(self, model: nn.Module) -> tuple[int, int]:
         """(positions, keys) the method adds to every row the body processes, for the FLOP count
