@@ -38,14 +38,17 @@ REFERENCE = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning", "lora"})
 # why a type cannot train on single-task classification with peft-bench's models (any kind)
 UNAVAILABLE = {
     "xlora": "X-LoRA mixes LoRA experts that are already trained (its `adapters`); a run has none",
-    "poly": "Poly routes every example by a task id (`task_ids` in each forward); a single-task run has none",
-    "multitask_prompt_tuning": "its prompt is factored per task and needs a task id in every forward "
-                               "(and source-task prompts to start from); a single-task run has neither",
     "shadow": "peft 0.21.2's SHADOW breaks in training on this transformers' Llama ('ShadowCarrier' object has "
               "no attribute 'view' in the attention projections), and it needs decoder layers (no encoders)",
     "cpt": "CPT trains on few-shot contexts in its own input format (cpt_token_ids, cpt_mask, "
            "cpt_tokens_type_mask) with its own loss; rank-classification inputs carry none of them",
 }
+# types whose forward takes each row's task id (``task_ids``): a run is one task, so every row gets
+# id 0 (the prompt's factors or the skills' routing of that task). Multitask prompt tuning's shared
+# prompt can start from one trained on source tasks (peft's own `prompt_tuning_init` =
+# "AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK" or "ONLY_SOURCE_SHARED" with
+# `prompt_tuning_init_state_dict_path`); without one it trains with the task's factors, from random
+TASK_ID_TYPES = frozenset({"poly", "multitask_prompt_tuning"})
 # types that run on one model kind only, and why
 ONLY_KIND = {
     "adaption_prompt": ("causal", "peft implements adaption prompts for Llama-style decoder attention only"),
@@ -54,10 +57,10 @@ ONLY_KIND = {
 # from the methods' papers, which train vectors or spectral coefficients at higher rates; AdaLoRA
 # starts from zero singular values and small factors (sigma 0.02): at 1e-3 a 40-step run on the tiny
 # causal LM leaves its loss flat (5.526 -> 5.531), at 1e-2 it falls (5.526 -> 5.284)
-LEARNING_RATES = {"adalora": 1e-2, "adaption_prompt": 1e-2, "ia3": 3e-3, "trainable_tokens": 3e-2, "vera": 1e-2, "pvera": 1e-2, "fourierft": 5e-2, "waveft": 5e-2}
+LEARNING_RATES = {"adalora": 1e-2, "adaption_prompt": 1e-2, "multitask_prompt_tuning": 3e-2, "ia3": 3e-3, "trainable_tokens": 3e-2, "vera": 1e-2, "pvera": 1e-2, "fourierft": 5e-2, "waveft": 5e-2}
 # defaults peft leaves unset that a run needs (trainable_tokens: empty = the task's own tokens, below)
 DEFAULTS = {"adaption_prompt": {"adapter_len": 10, "adapter_layers": 1},
-            "cartridge": {"num_virtual_tokens": 20}}
+            "cartridge": {"num_virtual_tokens": 20}, "multitask_prompt_tuning": {"num_virtual_tokens": 20}}
 HELP = {("trainable_tokens", "token_indices"): "vocabulary ids whose embeddings train; empty (the default): the "
                                                "tokens of the task's template and label words"}
 # targets where peft has no default for the architecture (the rest fall back to LoRA's)
@@ -185,9 +188,17 @@ class GenericPeftMethod(PeftMethod):
         return _peft_config(type(c).peft_cls, task_type=task_type(ctx), **kw)
 
     def init_adapter(self, model: PeftModel, ctx: ModelContext) -> None:
+        if self.name in TASK_ID_TYPES:
+            _single_task_ids(model)
         if self.name == "cartridge" and self.config.init in ("text", "auto") and not (
                 self.config.init == "auto" and ctx.kind != "causal"):
             _kv_from_training_text(model, ctx)
+
+    def load(self, model: nn.Module, path, ctx: ModelContext, name: str) -> nn.Module:
+        model = super().load(model, path, ctx, name)
+        if self.name in TASK_ID_TYPES:
+            _single_task_ids(model)
+        return model
 
     def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
         if isinstance(model, PeftModel) and _routes_rows(model):
@@ -257,6 +268,20 @@ class AdaLoraSteps(GenericPeftMethod):
 
 # types whose training needs more than peft's get_peft_model, save and load
 BASES = {"adalora": AdaLoraSteps}
+
+
+def _single_task_ids(model: PeftModel) -> None:
+    """Every forward of ``model`` that names no ``task_ids`` serves each row as task 0 (once per model)."""
+    if getattr(model, "_single_task_ids", None) is not None:
+        return
+
+    def add_task_ids(module, args, kwargs):
+        if kwargs.get("task_ids") is None:
+            x = next(v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args) if v is not None)
+            kwargs = {**kwargs, "task_ids": torch.zeros(x.shape[0], dtype=torch.long, device=x.device)}
+        return args, kwargs
+
+    model._single_task_ids = model.register_forward_pre_hook(add_task_ids, with_kwargs=True)
 
 
 def _kv_from_training_text(model: PeftModel, ctx: ModelContext) -> None:

@@ -27,7 +27,8 @@ def test_list_names_every_peft_type_runnable_or_with_its_reason(capsys):
     assert len(runnable) >= 30, runnable
     for t in set(types) - set(runnable):  # each with its reason
         assert len(lines[t].split("NOT RUNNABLE: ")[1]) > 40, lines[t]
-    assert "NOT RUNNABLE: Poly routes every example by a task id" in lines["poly"]
+    assert "NOT RUNNABLE: X-LoRA mixes LoRA experts that are already trained" in lines["xlora"]
+    assert "NOT RUNNABLE" not in lines["poly"] and "NOT RUNNABLE" not in lines["multitask_prompt_tuning"]
 
 
 def test_list_configs_shows_peft_s_own_fields_and_help(capsys):

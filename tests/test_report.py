@@ -328,3 +328,31 @@ def test_a_figure_that_cannot_be_written_is_named_and_the_report_still_written(t
     assert "_(a figure could not be drawn: pareto: " in text and "## t" in text
     assert "peftbench: warning: a figure was not drawn: pareto:" in capsys.readouterr().err
     assert (tmp_path / "memory_t.png").is_file()  # the other figures are there
+
+
+def test_a_task_on_two_models_with_many_methods_gets_a_section_per_model(tmp_path):
+    """Variants compete within one model: each model of a task has its own section, ranks and
+    figures; with more methods than a legend can tell apart, the Pareto plot names the front's
+    points and greys the rest, and memory is drawn one row per variant (all legible sizes)."""
+    from PIL import Image
+
+    methods = [f"m{i:02d}" for i in range(14)]
+    records = []
+    for model, best in (("small", 0.70), ("big", 0.90)):
+        for i, m in enumerate(methods):
+            # stream=None: nested correctness, so a 0.04 gap over 1,000 paired examples is significant
+            records.append(rec(m, 0, best - 0.04 * (i % 3), 10 ** (2 + i % 5), model=model, root=tmp_path,
+                               mem=(100 + 10 * i) * 2**20))
+    path = write_report(records, tmp_path, "two models", "peftbench report x")
+    md = path.read_text()
+    _, tables, images = _tables_and_images(md)
+    assert "## t on big" in md and "## t on small" in md and len(tables) == 1 + 2
+    small = md[md.index("## t on small"):]
+    big = md[md.index("## t on big"):md.index("## t on small")]
+    # within each model, the methods at its best accuracy rank first; across models they would not
+    assert "| m00 " in small and re.search(r"\| m00\s+\| small\s+\| \*\*0\.700", small)
+    assert re.search(r"\| m00\s+\| big\s+\| \*\*0\.900", big)
+    assert {"pareto_t_on_big.png", "pareto_t_on_small.png", "memory_t_on_big.png", "curves_t_on_small.png"} <= set(images)
+    for src in images:
+        with Image.open(tmp_path / src) as im:
+            assert im.format == "PNG" and 300 <= im.width <= 3000 and 200 <= im.height <= 2000, (src, im.size)

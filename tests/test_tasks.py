@@ -62,7 +62,7 @@ def test_local_file_source(tmp_path):
 
 def test_bad_local_labels_are_named(tmp_path):
     (tmp_path / "bad.csv").write_text("text,label\nfine film,meh\nbad film,rotten\n")
-    with pytest.raises(TaskDataError, match=r"label values must be one of \['rotten', 'fresh'\], got \['meh'\]"):
+    with pytest.raises(TaskDataError, match=r"label values must be one of \['rotten', 'fresh'\] \(`label_names`, in class order\), got 'meh' \(1 row\)"):
         load_splits(TASKS.get("sentiment"), str(tmp_path / "bad.csv"))
 
 

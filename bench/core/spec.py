@@ -38,6 +38,8 @@ class RunSpec:
     method_config: dict[str, Any] = field(default_factory=dict)  # as given: overrides of the method's defaults
     train: TrainConfig = field(default_factory=TrainConfig)
     task_source: str | None = None  # hub id or local files instead of the task's own data
+    # a task declared in the suite file (``interface.task_table``: its canonical table), or None
+    task_def: dict[str, Any] | None = None
     trust_remote_code: bool = False  # only when the suite names this model explicitly
     suite: str = ""
     # the search this run is a trial of ({"space", "trial", "objective"}; ``core.suite``): part of
@@ -59,12 +61,13 @@ class RunSpec:
         if self.is_resolved:
             return self
         from peft_bench.assets import models
-        from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
+        from peft_bench.core.registry import METHODS, load_builtin_plugins
         from peft_bench.interface.task import data_fingerprint
+        from peft_bench.interface.task_table import task_for
 
         load_builtin_plugins()
         method_cls = METHODS.get(self.method)
-        task = TASKS.get(self.task)
+        task = task_for(self.task, self.task_def)
         if not model_checked:
             models.resolve(self.model, self.trust_remote_code)
         cfg = from_dict(method_cls.config_cls, self.method_config, where=f"method {self.method!r}")
@@ -80,7 +83,8 @@ class RunSpec:
             run = run.to_dict()
         return cls(model=run["model"], task=run["task"], method=run["method"],
                    method_config=dict(run.get("method_config") or {}), train=from_dict(TrainConfig, run["train"]),
-                   task_source=run.get("task_source"), trust_remote_code=bool(run.get("trust_remote_code")),
+                   task_source=run.get("task_source"), task_def=run.get("task_def"),
+                   trust_remote_code=bool(run.get("trust_remote_code")),
                    suite=run.get("suite", ""), search=run.get("search"), resolved_config=dict(run.get("method_config") or {}),
                    data=run.get("data"))
 
@@ -96,8 +100,9 @@ class RunSpec:
     def run_id(self) -> str:
         d = self.as_dict()
         d.pop("suite")  # the same run in two suites is the same run
-        if d["search"] is None:  # ids of runs configured by hand are those of earlier stores
-            d.pop("search")
+        for k in ("search", "task_def"):  # absent, as in earlier stores: their ids stay valid
+            if d[k] is None:
+                d.pop(k)
         for k, default in _ADDED_TRAIN_FIELDS.items():  # ids of earlier result stores stay valid
             if d["train"].get(k) == default:
                 d["train"].pop(k)

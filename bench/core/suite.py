@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import tomllib
@@ -44,10 +45,12 @@ from peft_bench.core.config import ConfigError, TrainConfig, did_you_mean, from_
 from peft_bench.core.paths import NAME_RULE, PACKAGE_DIR, is_safe_name, slug
 from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
 from peft_bench.core.spec import RunSpec
+from peft_bench.interface.task_table import declared_tasks, resolve_task_source, task_for
 
 SUITES_DIR = PACKAGE_DIR / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
-            "seeds": list, "train": dict, "method": dict, "grid": dict, "task_source": dict,
+            "seeds": list, "train": dict, "method": dict, "grid": dict, "task_source": dict, "task": dict,
+            "task_files": list,
             "timeout_s": (int, float), "memory_limit_gb": (int, float), "trust_remote_code": list,
             "switch": bool, "switch_repeats": int, "studies": list, "search": dict, "search_seeds": list}
 
@@ -142,7 +145,8 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
 
     trusted = [t for t in data.get("trust_remote_code", []) if isinstance(t, str)]
     model_names = _names(data, "models", [], problems, check=lambda m: models.resolve(m, m in trusted))
-    task_names = _names(data, "tasks", TASKS.names(), problems)
+    declared = declared_tasks(data, path.parent, problems)  # name -> task_def ([task.NAME] tables)
+    task_names = _names(data, "tasks", sorted({*TASKS.names(), *declared}), problems)
     method_names = _names(data, "methods", METHODS.names(), problems, check=_runnable_method)
     seeds = data.get("seeds", [0])
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
@@ -191,8 +195,10 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
         if not isinstance(v, str) or not v:
             problems.append(f"[task_source] {t} must be a path or a hub dataset id (a string), got {v!r}.")
             sources.pop(t)
+        else:
+            sources[t] = resolve_task_source(v, path.parent)
     for t in sources:
-        if t not in task_names:
+        if t not in task_names and t not in data.get("tasks", []):  # (a listed unknown task has its own message)
             problems.append(f"[task_source] names task {t!r}, which is not in `tasks` ({', '.join(task_names)}).")
     listed = [m for m in data.get("models", []) if isinstance(m, str)]
     for mo in trusted:
@@ -227,10 +233,12 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
                 for cfg, trial in itertools.product(variants[me], trials.get(me) or [None]):
                     search = None if trial is None else {
                         "space": data["search"][me], "trial": trial,
-                        "objective": f"validation {TASKS.get(t).main_metric}", "seeds": list(search_seeds)}
+                        "objective": f"validation {task_for(t, declared.get(t)).main_metric}",
+                        "seeds": list(search_seeds)}
                     for s in seeds:
                         spec = RunSpec(model=mo, task=t, method=me, method_config={**cfg, **(trial or {})},
                                        train=dataclasses.replace(train, seed=s), task_source=sources.get(t),
+                                       task_def=declared.get(t),
                                        trust_remote_code=mo in trusted, suite=name,
                                        search=search).resolve(model_checked=True)
                         runs.setdefault(spec.run_id, spec)  # overlapping grids: each run once
@@ -265,21 +273,28 @@ def _machine_problems(train: TrainConfig) -> list[str]:
 
 
 def check_task_data(suite: "Suite") -> None:
-    """Build (or read from the cache) the splits of every task that reads a local ``task_source``,
-    before any run: a bad column, label or size is one problem line here, not a failed record per
-    run. Built-in sources are pinned and checked by their own tests."""
+    """Build (or read from the cache) the splits of every task that reads a ``task_source`` or is
+    declared in the suite, before any run: a bad column, label or size is one problem line here,
+    not a failed record per run. Built-in sources are pinned and checked by their own tests."""
     from peft_bench.interface.task import TaskDataError, load_splits
 
     problems = []
-    for task, source in sorted({(s.task, s.task_source) for s in suite.runs if s.task_source}):
+    checked = set()
+    for s in suite.runs:
+        key = (s.task, s.task_source, json.dumps(s.task_def, sort_keys=True))
+        if not (s.task_source or s.task_def) or key in checked:
+            continue
+        checked.add(key)
+        task = task_for(s.task, s.task_def)
         try:
-            splits = load_splits(TASKS.get(task), source)
+            splits = load_splits(task, s.task_source)
         except TaskDataError as e:
             problems.append(str(e))
             continue
-        need = max(s.train.batch_size for s in suite.runs if s.task == task)
+        where = s.task_source or task.source or "its source"
+        need = max(r.train.batch_size for r in suite.runs if r.task == s.task)
         if len(splits["train"]) < need:
-            problems.append(f"task {task!r}: {len(splits['train'])} training rows in {source!r}, fewer than "
+            problems.append(f"task {s.task!r}: {len(splits['train'])} training rows in {where!r}, fewer than "
                             f"`batch_size` ({need}).")
     if problems:
         raise SuiteError(suite.path, problems)

@@ -12,7 +12,7 @@ import torch
 
 from peft_bench.assets import models
 from peft_bench.core.config import ConfigError, TrainConfig, from_dict
-from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
+from peft_bench.core.registry import METHODS, load_builtin_plugins
 from peft_bench.core.spec import RunSpec
 from peft_bench.engine.data import run_data
 from peft_bench.engine.distributed import cpu_threads
@@ -21,6 +21,7 @@ from peft_bench.engine.measurement import MemoryBaseline, count_parameters, rele
 from peft_bench.engine.objectives import objective_for
 from peft_bench.interface.method import Method, ModelContext
 from peft_bench.interface.task import TaskSpec
+from peft_bench.interface.task_table import task_for
 
 
 def plugins(spec: RunSpec) -> tuple[Method, TaskSpec]:
@@ -29,7 +30,7 @@ def plugins(spec: RunSpec) -> tuple[Method, TaskSpec]:
     load_builtin_plugins()
     method_cls = METHODS.get(spec.method)
     return method_cls(from_dict(method_cls.config_cls, spec.resolved_config, where=f"method {spec.method!r}")), \
-        TASKS.get(spec.task)
+        task_for(spec.task, spec.task_def)
 
 
 def device_for(cfg: TrainConfig) -> torch.device:

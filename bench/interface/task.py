@@ -8,6 +8,7 @@ A task is data: where its rows come from, which columns feed the template, its l
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import os
@@ -45,6 +46,11 @@ class TaskSpec:
     version: int = 1
     citation: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # a task declared as data (``interface.task_table``): its default source, and how to read it
+    source: str | None = None  # local file / folder of split files / hub id (when there is no reader)
+    columns: tuple[tuple[str, str], ...] = ()  # (task field or "label", source column) where they differ
+    hub_config: str | None = None
+    split_names: tuple[tuple[str, str], ...] = ()  # (train / validation / test, the source's split name)
 
     @property
     def num_labels(self) -> int:
@@ -64,6 +70,7 @@ _FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"
 
 def _read_source(spec: TaskSpec, source: str | None):
     """The task's own artifact, or ``source``: local file(s) / a folder of split files / a hub id."""
+    source = source or spec.source
     if not source:
         if spec.reader is None:
             raise TaskDataError(f"task {spec.name!r} has no default source; pass `task_source`.")
@@ -95,7 +102,7 @@ def _read_source(spec: TaskSpec, source: str | None):
             raise TaskDataError(f"task {spec.name!r}: could not read `task_source` {source!r} as {fmt} (every "
                                 f"split file must have the same columns and types): {type(root).__name__}: {text}") from None
     try:
-        return datasets.load_dataset(source)
+        return datasets.load_dataset(source, spec.hub_config)
     except Exception as e:  # offline: OfflineModeIsEnabled / ConnectionError
         raise TaskDataError(
             f"could not load `task_source` {source!r} as a local file/folder or hub dataset id "
@@ -105,16 +112,25 @@ def _read_source(spec: TaskSpec, source: str | None):
 
 
 def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
-    missing = [c for c in (*spec.input_fields, "label") if c not in ds.column_names]
+    mapping = dict(spec.columns)
+    wanted = {mapping.get(f, f): f for f in (*spec.input_fields, "label")}  # source column -> task field
+    missing = [c for c in wanted if c not in ds.column_names]
     if missing:
-        raise TaskDataError(f"task {spec.name!r}: source lacks column(s) {missing}; it has {ds.column_names}.")
-    ds = ds.select_columns([*spec.input_fields, "label"])
+        named = [f"{c!r}" + (f" (for {wanted[c]!r})" if wanted[c] != c else "") for c in missing]
+        raise TaskDataError(f"task {spec.name!r}: the source has no column {', '.join(named)}; its columns are "
+                            f"{ds.column_names}. Map them with `columns = {{field = \"column\"}}` or `label_column`.")
+    ds = ds.select_columns(list(wanted))
+    renames = {c: f for c, f in wanted.items() if c != f}
+    if renames:
+        ds = ds.rename_columns(renames)
     if spec.label_names and ds.features["label"].dtype not in ("int64", "int32"):
         index = {v: i for i, v in enumerate(spec.label_names)}
         index.update({str(v): i for i, v in enumerate(spec.label_names)})
-        bad = sorted({str(v) for v in ds["label"] if v not in index})
+        bad = collections.Counter(str(v) for v in ds["label"] if v not in index)
         if bad:
-            raise TaskDataError(f"task {spec.name!r}: label values must be one of {list(spec.label_names)}, got {bad[:5]}.")
+            listed = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''})" for v, n in bad.most_common(8))
+            raise TaskDataError(f"task {spec.name!r}: label values must be one of {list(spec.label_names)} "
+                                f"(`label_names`, in class order), got {listed}.")
         ds = ds.map(lambda r: {"label": index[r["label"]]}, features=None)
     try:
         ds = ds.cast_column("label", datasets.Value("int64"))
@@ -122,10 +138,11 @@ def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
         raise TaskDataError(f"task {spec.name!r}: labels must be integer class indices 0..{spec.num_labels - 1} "
                             f"or one of the task's label names {list(spec.label_names)}; got values such as "
                             f"{ds['label'][:3]} ({type(e).__name__}: {str(e).splitlines()[0][:120]}).") from None
-    bad = sorted({y for y in ds["label"] if not 0 <= y < spec.num_labels})
+    bad = collections.Counter(y for y in ds["label"] if not 0 <= y < spec.num_labels)
     if bad:
+        listed = ", ".join(f"{v} ({n} row{'s' if n > 1 else ''})" for v, n in sorted(bad.items())[:8])
         raise TaskDataError(f"task {spec.name!r}: labels must be class indices 0..{spec.num_labels - 1} "
-                            f"({', '.join(spec.label_words)}), got {bad[:5]}.")
+                            f"({', '.join(spec.label_words)}), got {listed}.")
     return ds
 
 
@@ -178,8 +195,11 @@ def load_splits(spec: TaskSpec, source: str | None = None) -> datasets.DatasetDi
 
 def split_cache_dir(spec: TaskSpec, source: str | None = None) -> Path:
     """Where ``load_splits`` keeps the splits of (task, version, source) on disk."""
+    source = source or spec.source
     key = hashlib.sha256(repr((spec.name, spec.version, spec.split_seed, spec.test_size, spec.validation_size,
-                               spec.input_fields, spec.label_names, source, files_stamp(source))).encode())
+                               spec.input_fields, spec.label_names, source, files_stamp(source))
+                              + ((spec.columns, spec.hub_config, spec.split_names)
+                                 if spec.columns or spec.hub_config or spec.split_names else ())).encode())
     return cache_dir() / "splits" / f"{spec.name}-v{spec.version}-{key.hexdigest()[:12]}"
 
 
@@ -203,6 +223,7 @@ def data_fingerprint(spec: TaskSpec, source: str | None = None) -> dict[str, obj
     A local file or folder: the sha256 of its contents (every file's relative path and bytes). The
     task's own package artifact: its pinned sha256, with the task's ``version``. A hub dataset id
     cannot be pinned here (``sha256`` None: a new upload under the same id is not seen)."""
+    source = source or spec.source
     if source and Path(source).exists():
         return {"kind": "local", "sha256": _content_sha256(source, files_stamp(source)), "task_version": spec.version}
     if source:
@@ -231,7 +252,24 @@ def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
     raw = _read_source(spec, source)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
-    parts = {k: _normalise(spec, v) for k, v in raw.items()}
+    if spec.split_names:
+        named = dict(spec.split_names)
+        absent = [v for v in named.values() if v not in raw]
+        if absent:
+            raise TaskDataError(f"task {spec.name!r}: `splits` names source split(s) {absent}; the source has {sorted(raw)}.")
+        taken = set(named.values())
+        raw = datasets.DatasetDict({**{k: v for k, v in raw.items() if k not in taken and k not in named},
+                                    **{ours: raw[theirs] for ours, theirs in named.items()}})
+    parts = {k: _normalise(spec, v) for k, v in raw.items() if k in ("train", "validation", "test")}
+    if "train" not in parts:
+        raise TaskDataError(f"task {spec.name!r}: the source has no train split (it has {sorted(raw)}); name "
+                            f"one with `splits = {{train = \"...\"}}`.")
+    counts = collections.Counter(y for part in parts.values() for y in part["label"])
+    empty = [w for i, w in enumerate(spec.label_words) if not counts[i]]
+    if empty:
+        raise TaskDataError(f"task {spec.name!r}: class(es) {empty} have no rows in the source (rows per class: "
+                            f"{ {w: counts[i] for i, w in enumerate(spec.label_words)} }); drop the class from "
+                            f"`label_words` or add its rows.")
     if "test" in parts:
         test = _dedupe(spec, parts["test"])
         test_keys = {input_key(spec, r) for r in test}

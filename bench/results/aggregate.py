@@ -251,8 +251,8 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
         row["majority_accuracy"] = base[0] if base else math.nan
         rows.append(row)
     rows.sort(key=lambda r: (str(r["task"]), str(r["model"]), natural_key(r["label"])))
-    for task in {r["task"] for r in rows}:
-        mine = [r for r in rows if r["task"] == task]
+    for section in {(r["task"], r["model"]) for r in rows}:  # variants compete within one model and task
+        mine = [r for r in rows if (r["task"], r["model"]) == section]
         for r, (lo, hi) in zip(mine, rank_bands([r["correct"] for r in mine])):
             r["rank_low"], r["rank_high"] = lo, hi
     return pd.DataFrame(rows)

@@ -140,9 +140,15 @@ def curves(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = ["-", "--", ":", "-."]
     seen: dict[str, int] = {}
-    for _, r in d.iterrows():
+    named = set(d["label"])
+    if d["method"].nunique() > MANY_METHODS:  # too many lines to tell apart: the best few named, the rest grey
+        last = {r["label"]: r["val_curve"][-1][1] for _, r in d.iterrows() if r["val_curve"]}
+        named = set(sorted(last, key=last.get, reverse=True)[:CURVES_NAMED])
+    for _, r in d.sort_values("label", key=lambda c: c.isin(named), kind="stable").iterrows():  # the named drawn on top
         k = seen[r["method"]] = seen.get(r["method"], -1) + 1
         kw = dict(color=colours[r["method"]], linestyle=styles[k % len(styles)], label=r["label"])
+        if r["label"] not in named:
+            kw = dict(color="0.8", linewidth=0.8, label=f"the other {len(d) - len(named)} (grey)")
         if r["loss_curve"]:
             ax1.plot(*zip(*r["loss_curve"]), **kw)
         if r["val_curve"]:
@@ -153,10 +159,12 @@ def curves(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     ax2.set_ylabel(f"validation {metric}")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    handles, labels = ax1.get_legend_handles_labels() if ax1.lines else ax2.get_legend_handles_labels()
+    unique = dict(zip(*reversed(ax1.get_legend_handles_labels() if ax1.lines else ax2.get_legend_handles_labels())))
+    labels, handles = list(unique), list(unique.values())
     ncol = min(len(labels), 4 if max(map(len, labels), default=0) <= 40 else 2)  # long labels: fewer columns, all legible
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
-    fig.suptitle(f"{task}: learning curves (mean over seeds)", fontsize=10)
+    fig.suptitle(f"{task}: learning curves (mean over seeds)" + (
+        f"; named: the {len(named)} best on validation at the last step" if len(named) < len(d) else ""), fontsize=10)
     rows = -(-len(labels) // ncol)
     return _save(fig, out_dir, f"curves_{_safe(task)}.png", rect=(0, 0.05 * rows + 0.02, 1, 1))
 
@@ -173,7 +181,7 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
         return None
     colours = method_colours(summary["method"])
     axes_spec = [("trainable_params", "trainable parameters (log scale)", True, 1.0),
-                 ("peak_mem_train_bytes", "peak training memory (MiB)", False, MIB)]
+                 ("peak_mem_train_bytes", "peak training memory above the prepared model (MiB)", False, MIB)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, (col, xlabel, logx, scale) in zip(axes, axes_spec):
         d = summary[summary[col].notna() & summary[metric].notna()]
@@ -183,15 +191,18 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
             ax.set_visible(False)
             continue
         x, y = d[col] / scale, d[metric]
-        for method, part in d.groupby("method"):
-            err = _err(part, metric)
-            ax.errorbar(part[col] / scale, part[metric], yerr=err, fmt="o", capsize=3, color=colours[method],
-                        label=method, markersize=7)
-            if len(part) > 1:
-                for _, r in part.iterrows():
-                    ax.annotate(_short(r["label"], method), (r[col] / scale, r[metric]), fontsize=7,
-                                xytext=(4, 3), textcoords="offset points")
         front = pareto_front(list(x), list(y))
+        if d["method"].nunique() > MANY_METHODS:  # too many for a legend: the front named, the rest grey
+            _front_named(ax, d, col, scale, metric, front, colours)
+        else:
+            for method, part in d.groupby("method"):
+                err = _err(part, metric)
+                ax.errorbar(part[col] / scale, part[metric], yerr=err, fmt="o", capsize=3, color=colours[method],
+                            label=method, markersize=7)
+                if len(part) > 1:
+                    for _, r in part.iterrows():
+                        ax.annotate(_short(r["label"], method), (r[col] / scale, r[metric]), fontsize=7,
+                                    xytext=(4, 3), textcoords="offset points")
         fx, fy = zip(*sorted((a, b) for a, b, f in zip(x, y, front) if f))
         ax.step(fx, fy, where="post", linestyle="--", color="grey", linewidth=1, label="Pareto front")
         if logx:
@@ -206,10 +217,30 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     if not legend:  # nothing to place on either axis (e.g. only an untrained baseline)
         plt.close(fig)
         return None
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 7), fontsize=8,
-               frameon=False)
+    ncol = min(len(legend), 7)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"{task}: {metric} against cost (error bars: 95% CI; dashed: Pareto front)", fontsize=10)
-    return _save(fig, out_dir, f"pareto_{_safe(task)}.png", rect=(0, 0.07, 1, 1))
+    rows = -(-len(legend) // ncol)
+    return _save(fig, out_dir, f"pareto_{_safe(task)}.png", rect=(0, 0.045 * rows + 0.03, 1, 1))
+
+
+MANY_METHODS = 10  # above this many methods a figure names a few variants (in colour) and greys the rest
+CURVES_NAMED = 6
+
+
+def _front_named(ax, d: pd.DataFrame, col: str, scale: float, metric: str, front: list[bool], colours) -> None:
+    """The variants on the front in their method's colour, named beside their points (alternately
+    above and below, left to right, so that neighbours' names do not meet); the others grey."""
+    on = d[front]
+    off = d[[not f for f in front]]
+    ax.errorbar(off[col] / scale, off[metric], yerr=_err(off, metric), fmt="o", capsize=2, color="0.72",
+                markersize=5, label="not on the front (grey)", zorder=1)
+    on = on.assign(_x=on[col] / scale).sort_values("_x")
+    for i, (_, r) in enumerate(on.iterrows()):
+        ax.errorbar([r["_x"]], [r[metric]], yerr=_err([r.to_dict()], metric), fmt="o", capsize=3,
+                    color=colours[r["method"]], markersize=7, zorder=3)
+        ax.annotate(r["label"], (r["_x"], r[metric]), fontsize=7, zorder=4, xytext=(5, 8 if i % 2 == 0 else -12),
+                    textcoords="offset points", color=colours[r["method"]])
 
 
 def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
@@ -217,6 +248,8 @@ def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
     d = summary[summary["peak_mem_train_bytes"].notna() | summary["peak_mem_eval_bytes"].notna()]
     if d.empty:
         return None
+    if len(d) > MANY_METHODS:
+        return _memory_rows(d, out_dir, task)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(d) + 2), 4))
     pos = range(len(d))
     w = 0.38
@@ -229,6 +262,24 @@ def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
     ax.set_title(f"{task}: peak memory", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_dir, f"memory_{_safe(task)}.png")
+
+
+def _memory_rows(d: pd.DataFrame, out_dir: Path, task: str) -> str:
+    """Many variants: one row each, sorted by peak training memory, names legible on the y-axis."""
+    d = d.sort_values("peak_mem_train_bytes", ascending=False)
+    fig, ax = plt.subplots(figsize=(8, 0.22 * len(d) + 1.4))
+    pos = range(len(d))
+    h = 0.4
+    ax.barh([p - h / 2 for p in pos], d["peak_mem_train_bytes"] / MIB, h, label="training", color="tab:blue")
+    ax.barh([p + h / 2 for p in pos], d["peak_mem_eval_bytes"] / MIB, h, label="evaluation", color="tab:orange")
+    ax.set_yticks(list(pos), list(d["label"]), fontsize=7)
+    ax.set_ylim(len(d) - 0.5, -0.5)
+    ax.set_xlabel("peak memory above the prepared model (MiB)")
+    ax.set_title(f"{task}: peak memory (one seed each, no spread)" if (d["n"] == 1).all() else f"{task}: peak memory",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, out_dir, f"memory_{_safe(task)}.png")
 
 

@@ -21,41 +21,9 @@ from tabulate import tabulate
 
 from peft_bench.results.aggregate import summarize, varying_keys
 from peft_bench.results.serving_tables import switch_tables
+from peft_bench.results.provenance import _header, lock_summary, memory_note, peak_note  # noqa: F401 (lock_summary: re-exported)
 from peft_bench.results.store import ResultRecord
-from peft_bench.results.units import fmt_bytes, fmt_count, fmt_flops, fmt_ms, fmt_s
-
-
-MEMORY_KINDS = {
-    "cpu_rss_peak": "the kernel's peak RSS (VmHWM, reset at the start of each window) above one baseline: "
-                    "the prepared model with every base weight resident",
-    "cpu_rss_sampled": "peak RSS, sampled every 5 ms, above one baseline: the prepared model with every base "
-                       "weight resident",
-    "cuda_allocated": "torch.cuda.max_memory_allocated above one baseline: the prepared model on the device "
-                      "(reserved memory is in the records too)",
-}
-
-
-def memory_note(records: list[ResultRecord]) -> str:
-    """What the peak-memory columns of these records measure. Records made before the one-baseline
-    change (no ``mem_baseline_bytes``) measured above a post-load RSS that held only part of the
-    memory-mapped base weights: they say so, and are not comparable with later ones."""
-    kind = records[0].resources.peak_mem_kind if records else None
-    old = [r for r in records if r.resources.mem_baseline_bytes is None]
-    if not old:
-        return MEMORY_KINDS.get(kind, str(kind))
-    return (f"peak RSS ({kind}) above the RSS right after loading, which held only part of the memory-mapped "
-            f"base weights ({len(old)} of {len(records)} runs recorded before the one-baseline measurement: "
-            "their memory figures hold a method-dependent share of the base weights and are not comparable "
-            "with later reports)")
-
-
-def peak_note(records: list[ResultRecord]) -> str:
-    """Where the MFU columns' peaks come from (each distinct source once)."""
-    peaks = sorted({(r.resources.peak_flops_source, r.resources.peak_flops_per_s) for r in records
-                    if r.resources.peak_flops_source and r.resources.peak_flops_per_s})
-    if not peaks:
-        return "not recorded by these runs"
-    return "peak: " + "; ".join(f"{source} = {fmt_flops(p)}" for source, p in peaks)
+from peft_bench.results.units import fmt_bytes, fmt_count, fmt_ms, fmt_s
 
 
 def _num(x) -> float | None:
@@ -169,10 +137,6 @@ def _notes(rows: pd.DataFrame, metric: str) -> list[str]:
     return out
 
 
-def _fmt_wall(s: float | None) -> str:
-    return "unknown" if s is None else f"{s:.0f} s ({s / 60:.1f} min)"
-
-
 def _failures(records: list[ResultRecord]) -> str:
     bad = [r for r in records if r.status != "ok"]
     if not bad:
@@ -184,81 +148,30 @@ def _failures(records: list[ResultRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wall_time_s(records: list[ResultRecord]) -> float | None:
-    """From the first run's start to the last run's end (the suite's wall time if run at once)."""
-    from datetime import datetime
-
-    stamps = [(r.run.started_at, r.run.finished_at) for r in records]
-    try:
-        starts = [datetime.strptime(a, "%Y-%m-%dT%H:%M:%S%z") for a, _ in stamps if a]
-        ends = [datetime.strptime(b, "%Y-%m-%dT%H:%M:%S%z") for _, b in stamps if b]
-    except (TypeError, ValueError):
-        return None
-    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
-
-
-def _header(records: list[ResultRecord], command: str) -> list[str]:
-    ok = [r for r in records if r.status == "ok"]
-    ref = ok[0] if ok else (records[0] if records else None)
-    if ref is None or not ref.env:
-        return []
-    env, tr = ref.env, ref.run.train or {}
-    pk = (env.packages or {})
-    n_test = sorted({(r.run.task, r.run.n_test) for r in ok})
-    return [
-        "| setting | value |", "|---|---|",
-        f"| suite | {', '.join(sorted({str(r.run.suite) for r in records}))} |",
-        f"| models | {', '.join(sorted({r.run.model for r in records}))} |",
-        f"| device | {env.device} ({env.device_name}), {env.torch_threads} torch threads, "
-        f"{env.cpu_count} CPUs |",
-        f"| training | {tr.get('steps')} steps × batch {tr.get('batch_size')}, AdamW, linear warm-up "
-        f"{tr.get('warmup_ratio')} then decay, head lr {tr.get('head_lr')}, max length {tr.get('max_length')}, "
-        f"mixed precision {tr.get('mixed_precision')} |",
-        f"| data | up to {tr.get('n_train')} training examples per task; validation examples: "
-        + (", ".join(f"{t} {n}" for t, n in sorted({(r.run.task, r.run.n_validation) for r in ok}))
-           if any(r.run.n_validation for r in ok) else "none")
-        + f" ({tr.get('eval_points', 0)} evaluation points); test examples: "
-        + ", ".join(f"{t} {n}" for t, n in n_test) + " |",
-        f"| hyperparameters | {_selection(ok)} |",
-        f"| seeds | {', '.join(map(str, sorted({(r.run.train or {}).get('seed') for r in records})))} |",
-        f"| runs | {len(records)} ({len(ok)} ok); {_fmt_wall(wall_time_s(records))} from the first run's start to the "
-        f"last run's end; the runs' own wall times sum to "
-        f"{_fmt_wall(sum(r.resources.run_wall_s or 0.0 for r in records))} |",
-        "| packages | " + ", ".join(f"{k} {v}" for k, v in pk.items() if v) + f", python {env.python} |",
-        f"| lock | {lock_summary(records)} |",
-        f"| commit | {env.git_commit}{' (dirty)' if env.git_dirty else ''} |",
-        f"| reproduce | `{command}` |", "",
-    ]
+def _data_line(recs: list[ResultRecord]) -> str:
+    """Where a section's data came from and how many examples its runs used, from the records."""
+    sources = set()
+    for r in recs:
+        d = r.run.data or {}
+        where = r.run.task_source or (r.run.task_def or {}).get("source")
+        kind = {"artifact": "the task's pinned package artifact", "local": "local data", "hub": "hub dataset",
+                "builtin": "built-in data"}.get(d.get("kind"), "data")
+        sha = f", sha256 {d['sha256'][:12]}…" if d.get("sha256") else ", not pinned"
+        sources.add(f"{kind}{f' `{where}`' if where else ''}{sha}, task version {d.get('task_version', '?')}")
+    sizes = sorted({(r.run.n_train, r.run.n_validation, r.run.n_test) for r in recs}, key=str)
+    n = lambda v: "?" if v is None else f"{v:,}"  # noqa: E731
+    used = "; ".join(f"{n(a)} train / {n(b)} validation / {n(c)} test" for a, b, c in sizes)
+    return f"Data: {'; '.join(sorted(sources)) or 'not recorded'}. Examples used per run: {used or 'not recorded'}."
 
 
-def _selection(records: list[ResultRecord]) -> str:
-    """How each method's configuration was chosen (``run.search``)."""
-    searched = sorted({r.run.method for r in records if r.run.search})
-    by_hand = sorted({r.run.method for r in records if not r.run.search})
-    parts = []
-    if searched:
-        parts.append("chosen on validation (`[search]`, below each table) for " + ", ".join(searched))
-    if by_hand:
-        parts.append("set by hand (the suite's values or the methods' defaults; no search) for " + ", ".join(by_hand))
-    return "; ".join(parts) or "—"
-
-
-def lock_summary(records: list[ResultRecord]) -> str:
-    """Which lock file(s) the records' environments were installed from, and whether they matched."""
-    locks: dict[str | None, list[ResultRecord]] = {}
-    for r in records:
-        if r.env:
-            locks.setdefault((r.env.lock or {}).get("sha256"), []).append(r)
-    parts = []
-    for sha, recs in locks.items():
-        if sha is None:
-            parts.append(f"{len(recs)} run(s) with no lock file (environment not pinned)")
-            continue
-        bad = {k: v for r in recs for k, v in ((r.env.lock or {}).get("mismatches") or {}).items()}
-        state = ("installed packages match it" if not bad else "installed packages differ: "
-                 + ", ".join(f"{k} {v.get('installed')} (locked {v.get('locked')})" for k, v in sorted(bad.items())))
-        parts.append(f"`requirements.lock` sha256 `{sha[:16]}`: {len(recs)} run(s), {state}")
-    return ("**several locks:** " if len(locks) > 1 else "") + "; ".join(parts) if parts else "unknown"
+def _sections(records: list[ResultRecord]) -> list[tuple[str, str | None]]:
+    """(task, model) per report section: one per task, or one per model of a task run on several
+    (model None: the task's only model)."""
+    out = []
+    for task in sorted({r.run.task for r in records}):
+        models = sorted({r.run.model for r in records if r.run.task == task})
+        out += [(task, m if len(models) > 1 else None) for m in models]
+    return out
 
 
 def write_report(records: list[ResultRecord], out_dir: Path, title: str, command: str,
@@ -271,6 +184,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
 
     from peft_bench.results import plots
     from peft_bench.core.registry import TASKS, load_builtin_plugins
+    from peft_bench.interface.task_table import task_for
 
     load_builtin_plugins()
     out_dir = Path(out_dir)
@@ -304,24 +218,29 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         "positive = worse (24 fixed news articles, up to 128 tokens each: `engine/forgetting.py`). Time and memory have no interval here and are not "
         "ranked. **did not train**: a run whose loss did not fall by 5%, or whose validation accuracy never "
         "rose above the majority class by two standard errors (`results/aggregate.py: training_problem`).", ""]
-    for task in sorted({r.run.task for r in records}):
-        spec = TASKS.get(task) if task in TASKS else None
+    for task, model in _sections(records):
+        defs = [r.run.task_def for r in records if r.run.task == task and r.run.task_def]
+        spec = task_for(task, defs[0]) if defs else TASKS.get(task) if task in TASKS else None
         names = spec.metrics if spec else ("accuracy",)
         rows = summary[summary["task"] == task] if not summary.empty else summary
-        lines += [f"## {task}", ""]
+        if model is not None:  # a task run on several models: one section (ranks, figures) per model
+            rows = rows[rows["model"] == model]
+        title = task if model is None else f"{task} on {model}"
+        lines += [f"## {title}", ""]
         if spec:
-            lines += [f"{spec.description}. Label words: {', '.join(spec.label_words)}.", ""]
+            lines += [f"{spec.description.rstrip('.')}. Label words: {', '.join(spec.label_words)}.", ""]
+        lines += [_data_line([r for r in ok if r.run.task == task and model in (None, r.run.model)]), ""]
         lines += [table_from_summary(rows, names), ""]
         lines += _notes(rows, names[0])
         if figures and not rows.empty:
             # (alt text, or None for the grid's list of figures), drawn below, all together
             jobs.append((len(lines), [
                 ("Pareto fronts: accuracy against trainable parameters and against peak training memory",
-                 plots.pareto, (rows, names[0], out_dir, task)),
-                ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, task)),
+                 plots.pareto, (rows, names[0], out_dir, title)),
+                ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, title)),
                 ("Learning curves: training loss and validation score against step", plots.curves,
-                 (rows, names[0], out_dir, task)),
-                (None, plots.grid_plots, (rows, varying, names[0], out_dir, task))]))
+                 (rows, names[0], out_dir, title)),
+                (None, plots.grid_plots, (rows, varying, names[0], out_dir, title))]))
             lines.append("")
     lines += [report_section(name, summary) for name in studies]
     if switch:

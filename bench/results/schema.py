@@ -65,6 +65,7 @@ class RunInfo(Section):
     method_config: dict[str, Any] = field(default_factory=dict)  # the method's full config (defaults included)
     train: dict[str, Any] | None = None  # ``core.config.TrainConfig`` fields (seed included)
     task_source: str | None = None  # hub id or local path replacing the task's own data
+    task_def: dict[str, Any] | None = None  # a task declared in the suite file (``interface.task_table``)
     trust_remote_code: bool = False
     suite: str = ""  # the suite that ran it (not part of the run id)
     data: dict[str, Any] | None = None  # ``interface.task.data_fingerprint``: kind, sha256, task_version
