@@ -127,17 +127,22 @@ def cmd_report(args: argparse.Namespace) -> int:
             shutil.copyfile(path.parent / "switch.jsonl", out / "switch.jsonl")
         if (path.parent / "predictions").is_dir():  # the records name them relative to their folder
             shutil.copytree(path.parent / "predictions", out / "predictions", dirs_exist_ok=True)
-    suite = records[0].run.suite if records else path.parent.name
+    suites = list(dict.fromkeys(r.run.suite for r in records if r.run.suite)) or [path.parent.name]
     cmd = f"peftbench report {out / 'results.jsonl'} --out {out}"
-    notes, studies = args.notes, ()
-    if suite:
-        try:  # the suite of the records (a built-in name): its description and its studies
+    described, studies = [], ()
+    for suite in suites:
+        try:  # the suites of the records (built-in names): their descriptions and studies
             spec = load_suite(suite)
-            notes = notes or spec.description + f"\n\nThe records come from `peftbench run {suite}`."
-            studies = spec.studies
+            described.append((suite, spec.description))
+            studies = tuple(dict.fromkeys((*studies, *spec.studies)))
         except ValueError:
             pass
-    report = write_report(records, out, f"peft-bench report: {suite}", cmd, notes=notes,
+    notes = args.notes
+    if not notes and described:
+        runs = ", ".join(f"`peftbench run {s}`" for s, _ in described)
+        notes = (described[0][1] if len(described) == 1 else "\n\n".join(f"**{s}**: {d}" for s, d in described)) \
+            + f"\n\nThe records come from {runs}" + (" (the stores joined with `peftbench merge`)." if len(described) > 1 else ".")
+    report = write_report(records, out, f"peft-bench report: {suites[0] if len(suites) == 1 else ' + '.join(suites)}", cmd, notes=notes,
                           switch=read_json_lines(out / "switch.jsonl"), studies=studies)
     print(report.read_text())
     print(f"wrote {report}")

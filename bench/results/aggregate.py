@@ -80,15 +80,20 @@ def varying_settings(records: list[ResultRecord]) -> dict[str, list[str]]:
 
 def variant_labels(records: list[ResultRecord]) -> dict[tuple, str]:
     """Row label per variant: the method name, plus the config values that vary between its
-    variants (grids) and the training settings that vary between the variants of its task, e.g.
+    variants (grids) and the training settings that vary between the variants of its section (one
+    task on one model), e.g.
     ``prompt_tuning (init=random, num_virtual_tokens=20)``, ``lora (steps=200)``."""
-    varying, varying_set = varying_keys(records), varying_settings(records)
+    sections: dict[tuple, list[ResultRecord]] = defaultdict(list)  # a report's section: one model, one task
+    for r in records:
+        sections[(r.run.task, r.run.model)].append(r)
     labels = {}
-    for key, recs in group(records).items():
-        method, cfg, st = key[2], recs[0].run.method_config, settings(recs[0].run)
-        parts = [f"{k}={cfg.get(k)}" for k in varying.get(method, [])]
-        parts += [f"{k}={_short(st.get(k))}" for k in varying_set.get(key[1], [])]
-        labels[key] = method + (f" ({', '.join(parts)})" if parts else "")
+    for part in sections.values():
+        varying, varying_set = varying_keys(part), varying_settings(part)
+        for key, recs in group(part).items():
+            method, cfg, st = key[2], recs[0].run.method_config, settings(recs[0].run)
+            parts = [f"{k}={cfg.get(k)}" for k in varying.get(method, [])]
+            parts += [f"{k}={_short(st.get(k))}" for k in varying_set.get(key[1], [])]
+            labels[key] = method + (f" ({', '.join(parts)})" if parts else "")
     return labels
 
 

@@ -193,7 +193,6 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         old.unlink()  # figures of an earlier report of this folder that this one may not redraw
     ok = [r for r in records if r.status == "ok"]
     summary = summarize(records, switch)
-    varying = varying_keys(ok)
     lines = [f"# {title}", ""]
     jobs: list[tuple[int, list]] = []  # (where in `lines` their links go, figures)
     if notes:
@@ -240,7 +239,8 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
                 ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, title)),
                 ("Learning curves: training loss and validation score against step", plots.curves,
                  (rows, names[0], out_dir, title)),
-                (None, plots.grid_plots, (rows, varying, names[0], out_dir, title))]))
+                (None, plots.grid_plots, (rows, varying_keys([r for r in ok if r.run.task == task and model in (
+                    None, r.run.model)]), names[0], out_dir, title))]))
             lines.append("")
     lines += [report_section(name, summary) for name in studies]
     if switch:
