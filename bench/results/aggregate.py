@@ -148,7 +148,8 @@ def training_problem(r: ResultRecord) -> str | None:
     if val and m is not None and n:
         bar = m + 2 * math.sqrt(m * (1 - m) / n)
         if max(val) <= bar:
-            return f"validation accuracy stayed at the majority class (best {max(val):.3f}, majority {m:.3f})"
+            return (f"validation accuracy never rose two standard errors above the majority class (best "
+                    f"{max(val):.3f}, majority {m:.3f}, bar {bar:.3f} on {n} examples)")
     return None
 
 
