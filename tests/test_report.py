@@ -356,3 +356,17 @@ def test_a_task_on_two_models_with_many_methods_gets_a_section_per_model(tmp_pat
     for src in images:
         with Image.open(tmp_path / src) as im:
             assert im.format == "PNG" and 300 <= im.width <= 3000 and 200 <= im.height <= 2000, (src, im.size)
+
+
+def test_a_report_keeps_its_notes_for_the_command_that_regenerates_it(tmp_path, capsys):
+    """`--notes` is saved beside the report (NOTES.md); the reproduce command in its header, which
+    has no --notes, regenerates the same text."""
+    from peft_bench.cli import main
+
+    for r in (rec("lora", 0, 0.8, 10, root=tmp_path), rec("prompt_tuning", 0, 0.7, 10, root=tmp_path)):
+        append_record(tmp_path / "results.jsonl", r)
+    assert main(["report", str(tmp_path), "--notes", "Timing caveat: seed 1 shared the machine."]) == 0
+    first = (tmp_path / "README.md").read_text()
+    command = re.search(r"\| reproduce \| `peftbench report (\S+) --out (\S+)` \|", first)
+    assert main(["report", command.group(1), "--out", command.group(2)]) == 0
+    assert (tmp_path / "README.md").read_text() == first and "Timing caveat: seed 1 shared the machine." in first

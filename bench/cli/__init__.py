@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write a markdown report from result records")
     rep.add_argument("results", help="results.jsonl, or a folder holding one")
     rep.add_argument("--out", default=None, help="report folder (default: next to the results)")
-    rep.add_argument("--notes", default="", help="text placed under the title")
+    rep.add_argument("--notes", default="", help="text placed under the title (kept in the report folder as NOTES.md, which later reports of the folder reuse)")
     rep.set_defaults(func=cmd_report)
     cmp = sub.add_parser("compare", help="markdown diff of two result sets: B/A per metric, flagged beyond the spread")
     cmp.add_argument("a", help="results.jsonl (or a folder holding one): the reference")

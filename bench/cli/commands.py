@@ -112,6 +112,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     return 1 if any(r.get("status") != "ok" for r in res) else 0
 
 
+NOTES_FILE = "NOTES.md"  # beside a report's README: the text under its title (`peftbench report --notes`)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from peft_bench.results.report import write_report
     from peft_bench.core.suite import load_suite
@@ -137,7 +140,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             studies = tuple(dict.fromkeys((*studies, *spec.studies)))
         except ValueError:
             pass
-    notes = args.notes
+    notes_file = out / NOTES_FILE  # a report's own notes stay with it: the reproduce command keeps them
+    if args.notes:
+        notes_file.write_text(args.notes.rstrip() + "\n")
+    notes = args.notes or (notes_file.read_text().strip() if notes_file.is_file() else "")
     if not notes and described:
         runs = ", ".join(f"`peftbench run {s}`" for s, _ in described)
         notes = (described[0][1] if len(described) == 1 else "\n\n".join(f"**{s}**: {d}" for s, d in described)) \
