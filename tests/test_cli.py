@@ -81,3 +81,11 @@ def test_run_resume_and_report(tmp_path, capsys):
     text = (tmp_path / "rep" / "README.md").read_text()
     assert "| lora " in text and "| prompt_tuning " in text and "majority class (baseline)" in text
     assert (tmp_path / "rep" / "results.jsonl").exists()
+
+
+def test_version_names_the_installed_package(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"peftbench {version('peft-bench')}"

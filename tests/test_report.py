@@ -370,3 +370,52 @@ def test_a_report_keeps_its_notes_for_the_command_that_regenerates_it(tmp_path, 
     command = re.search(r"\| reproduce \| `peftbench report (\S+) --out (\S+)` \|", first)
     assert main(["report", command.group(1), "--out", command.group(2)]) == 0
     assert (tmp_path / "README.md").read_text() == first and "Timing caveat: seed 1 shared the machine." in first
+
+
+def test_the_summary_is_exported_beside_the_report_and_colours_are_fixed_per_method(tmp_path):
+    """summary.csv and summary.parquet hold one row per variant with the table's numbers; a
+    method has the same colour in every report, whatever other methods it holds."""
+    import pandas as pd
+
+    from peft_bench.results import plots
+
+    records = [rec("lora", 0, 0.8, 2000, root=tmp_path), rec("prompt_tuning", 0, 0.75, 100, root=tmp_path),
+               rec("ia3", 0, 0.7, 300, root=tmp_path)]
+    write_report(records, tmp_path, "t", "peftbench report x")
+    csv, parquet = pd.read_csv(tmp_path / "summary.csv"), pd.read_parquet(tmp_path / "summary.parquet")
+    assert sorted(csv["label"]) == sorted(parquet["label"]) == ["ia3", "lora", "prompt_tuning"]
+    assert {"accuracy", "accuracy_low", "accuracy_high", "rank_low", "trainable_params", "stored_bytes"} <= set(csv.columns)
+    assert csv.set_index("label").loc["lora", "trainable_params"] == 2000
+    numbers = parquet.select_dtypes("number").columns
+    assert len(numbers) > 10
+    pd.testing.assert_frame_equal(csv[numbers], parquet[numbers], check_dtype=False)
+    one, other = plots.method_colours(["ia3", "lora"]), plots.method_colours(["vera", "ia3", "boft", "zero_shot"])
+    assert one["ia3"] == other["ia3"] and one["lora"] == plots.FIXED_COLOURS["lora"]
+    assert len(set(plots.FIXED_COLOURS.values())) == len(plots.FIXED_COLOURS)
+    greys = set(plots.PHASE_COLOURS.values())
+    assert not greys & ({*plots.FIXED_COLOURS.values(), *plots._OTHER_COLOURS})
+
+
+def test_switch_latency_is_drawn_as_points_with_p90_whiskers(tmp_path):
+    """A log axis with bars would make bar length meaningless: the switch figure draws points, with
+    a whisker from the median up to the 90th percentile."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from peft_bench.results import plots
+
+    rows = pd.DataFrame([{"model": "m", "method": m, "label": m, "warm_switch_s": w, "warm_switch_p90_s": 2 * w,
+                          "cold_switch_s": 10 * w, "cold_switch_p90_s": 12 * w, "forward_s": 0.05,
+                          "forward_p90_s": 0.06} for m, w in (("lora", 1e-4), ("prompt_tuning", 1e-5))])
+    drawn = {}
+    real_save = plots._save
+    plots._save = lambda fig, out, name, rect=(0, 0, 1, 1): drawn.setdefault("fig", fig) and real_save(fig, out, name, rect)
+    try:
+        assert plots.switch_points(rows, tmp_path) == "switch.png"
+    finally:
+        plots._save = real_save
+    ax = drawn["fig"].axes[0]
+    assert ax.get_yscale() == "log" and not ax.patches  # no bars
+    whiskers = [seg for c in ax.collections for seg in c.get_segments()]
+    assert any(abs(seg[1][1] - 0.2) < 1e-9 and abs(seg[0][1] - 0.1) < 1e-9 for seg in whiskers)  # lora warm: 0.1 -> 0.2 ms
+    plt.close("all")

@@ -67,6 +67,8 @@ def _resources_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"peftbench {_version()}",
+                   help="print peft-bench's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="methods, tasks, models and suites")
     ls.add_argument("--configs", action="store_true", help="also print every method's config fields")
@@ -141,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: a temporary folder, removed afterwards)")
     dr.set_defaults(func=cmd_doctor)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peft-bench")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

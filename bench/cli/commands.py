@@ -150,8 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             + f"\n\nThe records come from {runs}" + (" (the stores joined with `peftbench merge`)." if len(described) > 1 else ".")
     report = write_report(records, out, f"peft-bench report: {suites[0] if len(suites) == 1 else ' + '.join(suites)}", cmd, notes=notes,
                           switch=read_json_lines(out / "switch.jsonl"), studies=studies)
-    print(report.read_text())
-    print(f"wrote {report}")
+    print(f"wrote {report} ({len(records)} records; figures and summary.csv / summary.parquet beside it)")
     return 0
 
 

@@ -29,7 +29,7 @@ settings and data), pooled over seeds. Columns:
 - task switching, when measured (``peftbench switch``; medians of the latest measurement that
   served this variant's runs): ``warm_switch_s`` (activate), ``cold_switch_s`` (load + activate),
   ``forward_s`` (the forward alone), ``warm_first_output_s`` / ``cold_first_output_s`` (switch +
-  first forward).
+  first forward); each with its 90th percentile, ``<name>_p90_s``.
 """
 
 from __future__ import annotations
@@ -253,6 +253,7 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
         sw = [by_run[r.run_id] for r in recs if r.run_id in by_run]
         for col, name in SWITCH_COLUMNS.items():
             row[col] = _mean([s[name]["median_s"] for s in sw if name in s])
+            row[col.removesuffix("_s") + "_p90_s"] = _mean([s[name]["p90_s"] for s in sw if "p90_s" in s.get(name, {})])
         base = [r.baselines.majority_accuracy for r in recs if r.baselines.majority_accuracy is not None]
         row["majority_accuracy"] = base[0] if base else math.nan
         rows.append(row)

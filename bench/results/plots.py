@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -24,12 +25,39 @@ from peft_bench.results.aggregate import natural_key, pareto_front  # noqa: E402
 DPI = 110
 FIGURE_PATTERNS = ("pareto_*.png", "memory_*.png", "grid_*.png", "curves_*.png", "switch.png")  # what a report draws
 MIB = 2**20
+PHASE_COLOURS = {"training": "0.3", "evaluation": "0.65"}  # greys: never a method's colour
 
 
-def method_colours(methods) -> dict[str, tuple]:
-    """One colour per method, stable across every figure of a report."""
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+# the built-in methods' colours, the same in every figure of every report; the other methods take one
+# of the remaining tab20 colours by a hash of their name (stable across reports, reruns and machines).
+# Greys are left for what is not a method (other variants, the Pareto front, memory's two phases).
+FIXED_COLOURS = {"prompt_tuning": "#1f77b4", "prefix_tuning": "#ff7f0e", "p_tuning": "#2ca02c", "lora": "#d62728",
+                 "bottleneck_adapter": "#9467bd", "full_finetune": "#8c564b", "zero_shot": "#17becf"}
+_OTHER_COLOURS = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
+                  "#9edae5", "#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
+
+
+def shades(colour: str, n: int) -> list[tuple]:
+    """``n`` shades of a method's colour for its variants: the colour itself, then lighter."""
+    from matplotlib.colors import to_rgb
+
+    rgb = to_rgb(colour)
+    return [tuple(c + (1 - c) * 0.55 * i / max(n - 1, 1) for c in rgb) for i in range(n)]
+
+
+def method_colour(method: str) -> str:
+    """The colour of ``method`` in every figure of every report."""
+    if method in FIXED_COLOURS:
+        return FIXED_COLOURS[method]
+    return _OTHER_COLOURS[zlib.crc32(method.encode()) % len(_OTHER_COLOURS)]
+
+
+def method_colours(methods) -> dict[str, str]:
+    """``method_colour`` of each method (one colour per method, whatever else the report holds)."""
+    return {m: method_colour(m) for m in set(methods)}
 
 
 def warm_up() -> None:
@@ -169,11 +197,6 @@ def curves(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     return _save(fig, out_dir, f"curves_{_safe(task)}.png", rect=(0, 0.05 * rows + 0.02, 1, 1))
 
 
-def _short(label: str, method: str) -> str:
-    """The variant part of a label (``num_virtual_tokens=20``), or the method for a plain row."""
-    return label[len(method):].strip(" ()") or method
-
-
 def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str | None:
     """Accuracy against trainable parameters (log x) and against peak training memory, the
     Pareto frontier (fewer parameters / less memory, higher accuracy) drawn as a dashed line."""
@@ -195,14 +218,10 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
         if d["method"].nunique() > MANY_METHODS:  # too many for a legend: the front named, the rest grey
             _front_named(ax, d, col, scale, metric, front, colours)
         else:
-            for method, part in d.groupby("method"):
-                err = _err(part, metric)
-                ax.errorbar(part[col] / scale, part[metric], yerr=err, fmt="o", capsize=3, color=colours[method],
-                            label=method, markersize=7)
-                if len(part) > 1:
-                    for _, r in part.iterrows():
-                        ax.annotate(_short(r["label"], method), (r[col] / scale, r[metric]), fontsize=7,
-                                    xytext=(4, 3), textcoords="offset points")
+            for method, part in d.groupby("method"):  # variants of a method: shades and markers, named in the legend
+                for (_, r), shade, marker in zip(part.iterrows(), shades(colours[method], len(part)), MARKERS * 4):
+                    ax.errorbar([r[col] / scale], [r[metric]], yerr=_err([r.to_dict()], metric), fmt=marker,
+                                capsize=3, color=shade, label=r["label"], markersize=7)
         fx, fy = zip(*sorted((a, b) for a, b, f in zip(x, y, front) if f))
         ax.step(fx, fy, where="post", linestyle="--", color="grey", linewidth=1, label="Pareto front")
         if logx:
@@ -217,7 +236,7 @@ def pareto(summary: pd.DataFrame, metric: str, out_dir: Path, task: str) -> str 
     if not legend:  # nothing to place on either axis (e.g. only an untrained baseline)
         plt.close(fig)
         return None
-    ncol = min(len(legend), 7)
+    ncol = min(len(legend), 7 if max(map(len, legend)) <= 24 else 3 if max(map(len, legend)) <= 45 else 2)
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"{task}: {metric} against cost (error bars: 95% CI; dashed: Pareto front)", fontsize=10)
     rows = -(-len(legend) // ncol)
@@ -254,9 +273,9 @@ def memory_bars(summary: pd.DataFrame, out_dir: Path, task: str) -> str | None:
     pos = range(len(d))
     w = 0.38
     ax.bar([p - w / 2 for p in pos], d["peak_mem_train_bytes"] / MIB, w, yerr=d["peak_mem_train_bytes_std"].fillna(0) / MIB,
-           capsize=2, label="training", color="tab:blue")
+           capsize=2, label="training", color=PHASE_COLOURS["training"])
     ax.bar([p + w / 2 for p in pos], d["peak_mem_eval_bytes"] / MIB, w, yerr=d["peak_mem_eval_bytes_std"].fillna(0) / MIB,
-           capsize=2, label="evaluation", color="tab:orange")
+           capsize=2, label="evaluation", color=PHASE_COLOURS["evaluation"])
     ax.set_xticks(list(pos), list(d["label"]), rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("peak memory above the prepared model (MiB)")
     ax.set_title(f"{task}: peak memory", fontsize=10)
@@ -271,8 +290,8 @@ def _memory_rows(d: pd.DataFrame, out_dir: Path, task: str) -> str:
     fig, ax = plt.subplots(figsize=(8, 0.22 * len(d) + 1.4))
     pos = range(len(d))
     h = 0.4
-    ax.barh([p - h / 2 for p in pos], d["peak_mem_train_bytes"] / MIB, h, label="training", color="tab:blue")
-    ax.barh([p + h / 2 for p in pos], d["peak_mem_eval_bytes"] / MIB, h, label="evaluation", color="tab:orange")
+    ax.barh([p - h / 2 for p in pos], d["peak_mem_train_bytes"] / MIB, h, label="training", color=PHASE_COLOURS["training"])
+    ax.barh([p + h / 2 for p in pos], d["peak_mem_eval_bytes"] / MIB, h, label="evaluation", color=PHASE_COLOURS["evaluation"])
     ax.set_yticks(list(pos), list(d["label"]), fontsize=7)
     ax.set_ylim(len(d) - 0.5, -0.5)
     ax.set_xlabel("peak memory above the prepared model (MiB)")
@@ -283,25 +302,34 @@ def _memory_rows(d: pd.DataFrame, out_dir: Path, task: str) -> str:
     return _save(fig, out_dir, f"memory_{_safe(task)}.png")
 
 
-def switch_bars(summary: pd.DataFrame, out_dir: Path) -> str | None:
-    """Task-switch latency per method (log scale): warm and cold switch, and the forward alone."""
+def switch_points(summary: pd.DataFrame, out_dir: Path) -> str | None:
+    """Task-switch latency per method on a log scale, as points (a bar's length means nothing on a
+    log axis): the median, a whisker up to the 90th percentile; warm and cold switch, and the
+    forward alone beside them."""
     d = summary[summary["warm_switch_s"].notna()].drop_duplicates(["model", "method", "label"])
     if d.empty:
         return None
-    cols = [("warm_switch_s", "warm switch (activate)"), ("cold_switch_s", "cold switch (load + activate)"),
-            ("forward_s", "forward alone (beside, not inside)")]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(d) + 2), 4))
-    w = 0.27
-    for i, (col, name) in enumerate(cols):
-        ax.bar([p + (i - 1) * w for p in range(len(d))], d[col] * 1e3, w, label=name)
+    cols = [("warm_switch_s", "warm switch (activate)", "o"), ("cold_switch_s", "cold switch (load + activate)", "s"),
+            ("forward_s", "forward alone (beside, not inside)", "^")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(d) + 2), 4.4))
+    for i, (col, name, marker) in enumerate(cols):
+        x = [p + (i - 1) * 0.22 for p in range(len(d))]
+        med = d[col] * 1e3
+        p90 = d.get(col.removesuffix("_s") + "_p90_s", pd.Series([math.nan] * len(d), index=d.index)) * 1e3
+        up = [max(0.0, b - a) if not math.isnan(b) else 0.0 for a, b in zip(med, p90)]
+        ax.errorbar(x, med, yerr=[[0.0] * len(d), up], fmt=marker, capsize=3, markersize=6,
+                    color=PHASE_COLOURS["training"] if i == 0 else PHASE_COLOURS["evaluation"] if i == 1 else "0.0",
+                    mfc="white" if i == 2 else None, label=name)
     ax.set_yscale("log")
     ax.set_xticks(list(range(len(d))), [f"{r.label}\n({r.model})" for r in d.itertuples()], rotation=20,
                   ha="right", fontsize=8)
-    ax.set_ylabel("median latency (ms, log scale)")
-    ax.set_title("task switching", fontsize=10)
-    ax.legend(fontsize=8)
+    for tick, method in zip(ax.get_xticklabels(), d["method"]):
+        tick.set_color(method_colour(method))
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title("task switching: median, whisker to the 90th percentile", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3, which="both")
-    return _save(fig, out_dir, "switch.png")
+    return _save(fig, out_dir, "switch.png", rect=(0, 0.07, 1, 1))
 
 
 def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str, out_dir: Path,

@@ -164,6 +164,30 @@ def _data_line(recs: list[ResultRecord]) -> str:
     return f"Data: {'; '.join(sorted(sources)) or 'not recorded'}. Examples used per run: {used or 'not recorded'}."
 
 
+EXPORTS = ("summary.csv", "summary.parquet")
+
+
+def export_summary(summary: pd.DataFrame, out_dir: Path) -> None:
+    """The summary table beside the report, as CSV and Parquet: one row per variant, every scalar
+    column (curves, per-example correctness and configs stay in the records). Each file is written
+    whole (a temporary file, then renamed) or not at all."""
+    if summary.empty:  # no variant: no table (an earlier report's exports must not stand for this one)
+        for name in EXPORTS:
+            (out_dir / name).unlink(missing_ok=True)
+        return
+    scalar = [c for c in summary.columns
+              if not summary[c].map(lambda v: isinstance(v, (list, tuple, dict)) or hasattr(v, "shape")).any()]
+    table = summary[scalar]
+    for name, write in ((EXPORTS[0], lambda f: table.to_csv(f, index=False)),
+                        (EXPORTS[1], lambda f: table.to_parquet(f, index=False))):
+        tmp = out_dir / f".{name}.{os.getpid()}"
+        try:
+            write(tmp)
+            os.replace(tmp, out_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def _sections(records: list[ResultRecord]) -> list[tuple[str, str | None]]:
     """(task, model) per report section: one per task, or one per model of a task run on several
     (model None: the task's only model)."""
@@ -193,6 +217,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         old.unlink()  # figures of an earlier report of this folder that this one may not redraw
     ok = [r for r in records if r.status == "ok"]
     summary = summarize(records, switch)
+    export_summary(summary, out_dir)
     lines = [f"# {title}", ""]
     jobs: list[tuple[int, list]] = []  # (where in `lines` their links go, figures)
     if notes:
@@ -246,7 +271,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     if switch:
         lines.append(switch_tables(switch))
         if figures and not summary.empty:
-            jobs.append((len(lines), [("Task-switch latency per method, log scale", plots.switch_bars,
+            jobs.append((len(lines), [("Task-switch latency per method: median and 90th percentile, log scale", plots.switch_points,
                                        (summary, out_dir))]))
             lines.append("")
     lines.append(_failures(records))
