@@ -47,7 +47,7 @@ _EXPORTS = {
     # ... tasks and their data
     "TaskSpec": "interface.task", "TaskDataError": "interface.task", "PackageArtifact": "assets.artifacts",
     # ... configs and registration
-    "opt": "core.config", "check": "core.config", "ConfigError": "core.config",
+    "opt": "core.config", "check": "core.config", "ConfigError": "core.config", "UnknownName": "core.config",
     "register_method": "core.registry", "register_task": "core.registry", "register_model": "core.registry",
     "METHODS": "core.registry", "TASKS": "core.registry", "MODELS": "core.registry",
 }

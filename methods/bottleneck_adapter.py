@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peft_bench import (
-    Method, MethodConfig, ModelContext, assert_safetensors_only, check, freeze, opt,
+    Method, MethodConfig, ModelContext, UnknownName, assert_safetensors_only, check, freeze, opt,
     register_method,
 )
 
@@ -130,7 +130,7 @@ class BottleneckModel(nn.Module):
 
     def set_adapter(self, name: str) -> None:
         if name not in self.configs:
-            raise KeyError(f"no bottleneck adapter named {name!r}; loaded: {sorted(self.configs)}.")
+            raise UnknownName(f"no bottleneck adapter named {name!r}; loaded: {sorted(self.configs)}.")
         for m in self.routed():
             m.active = name
 
@@ -139,7 +139,7 @@ class BottleneckModel(nn.Module):
         """Serve row i of the next forward passes with adapter ``adapter_names[i]``."""
         unknown = sorted(set(adapter_names) - set(self.configs))
         if unknown:
-            raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}.")
+            raise UnknownName(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}.")
         for m in self.routed():
             m.row_names = list(adapter_names)
         try:
@@ -173,7 +173,7 @@ def _inject(model: nn.Module, cfg: BottleneckAdapterConfig, ctx: ModelContext) -
 
 def _add(wrapped: BottleneckModel, name: str, cfg: BottleneckAdapterConfig) -> None:
     if name in wrapped.configs:
-        raise KeyError(f"a bottleneck adapter named {name!r} is already loaded.")
+        raise UnknownName(f"a bottleneck adapter named {name!r} is already loaded.")
     for m in wrapped.routed():
         m.add(name, cfg)
     wrapped.configs[name] = cfg
@@ -226,7 +226,7 @@ class BottleneckAdapterMethod(Method):
 
     def unload(self, model: BottleneckModel, name: str) -> nn.Module:
         if name not in model.configs:
-            raise KeyError(f"no bottleneck adapter named {name!r}; loaded: {sorted(model.configs)}.")
+            raise UnknownName(f"no bottleneck adapter named {name!r}; loaded: {sorted(model.configs)}.")
         for m in model.routed():
             del m.bank[name]
             if m.active == name:

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from peft_bench import (
-    Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only, opt,
+    Method, MethodConfig, MixedBatchUnsupported, ModelContext, UnknownName, assert_safetensors_only, opt,
     register_method,
 )
 
@@ -61,7 +61,7 @@ class FullFinetuneMethod(Method):
 
     def activate(self, model: nn.Module, name: str) -> nn.Module:
         if name not in model.models:
-            raise KeyError(f"no full model loaded under {name!r}; loaded: {sorted(model.models)}.")
+            raise UnknownName(f"no full model loaded under {name!r}; loaded: {sorted(model.models)}.")
         model.active = name
         return model
 

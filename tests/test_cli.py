@@ -89,3 +89,21 @@ def test_version_names_the_installed_package(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"peftbench {version('peft-bench')}"
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    """An unknown name is the user's: one line, exit 2. A KeyError from a bug is not turned into a
+    one-line 'error' that hides where it came from."""
+    import peft_bench.cli as cli
+
+    suite = _suite(tmp_path, BASE + 'methods = ["lorra"]\n')
+    assert main(["run", suite, "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'lorra'. Did you mean 'lora'?" in err and "Traceback" not in err
+
+    def buggy(args):
+        return {}["missing-key"]
+
+    monkeypatch.setattr(cli, "cmd_list", buggy)
+    with pytest.raises(KeyError, match="missing-key"):
+        main(["list"])

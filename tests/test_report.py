@@ -239,7 +239,7 @@ def test_table_bold_marks_best_and_pareto_in_summary(tmp_path):
                   "lora", "full_finetune"}  # 100 tokens: as accurate as 20, with more parameters
 
 
-def test_compare_flags_significant_changes_only(tmp_path):
+def test_compare_flags_significant_changes_only(tmp_path, capsys, monkeypatch):
     from peft_bench.cli import main
 
     a = lester_records(LESTER, tmp_path / "a")
@@ -263,6 +263,11 @@ def test_compare_flags_significant_changes_only(tmp_path):
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path / "a")])
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0  # no --out: standard output only
+    assert capsys.readouterr().out.strip() == md.strip() and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_report_of_an_untrained_baseline_alone(tmp_path):

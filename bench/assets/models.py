@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from peft_bench.assets.artifacts import PackageArtifact, cache_dir, fetch
+from peft_bench.core.config import UnknownName
 from peft_bench.core.registry import MODELS
 
 
@@ -78,7 +79,7 @@ def resolve(name: str, trust_remote_code: bool = False) -> ModelSpec:
         try:
             cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         except Exception as e:  # hub unreachable, bad path, ...
-            raise KeyError(
+            raise UnknownName(
                 f"model {name!r} is neither a registered model ({', '.join(MODELS.names())}) nor a "
                 f"loadable local path / hub id: {type(e).__name__}: {str(e).splitlines()[0]}"
             ) from None

@@ -23,7 +23,7 @@ import sys
 
 from peft_bench.cli.commands import (DEFAULT_SUITE, cmd_bench_overhead, cmd_compare, cmd_doctor, cmd_list,
                                      cmd_merge, cmd_report, cmd_run, cmd_switch)
-from peft_bench.core.config import ConfigError, TrainConfig, describe
+from peft_bench.core.config import ConfigError, TrainConfig, UnknownName, describe
 
 
 def _train_help() -> str:
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="markdown diff of two result sets: B/A per metric, flagged beyond the spread")
     cmp.add_argument("a", help="results.jsonl (or a folder holding one): the reference")
     cmp.add_argument("b", help="results.jsonl (or a folder holding one): compared against A")
-    cmp.add_argument("--out", default="compare.md", help="markdown file to write (default: compare.md)")
+    cmp.add_argument("--out", default=None, help="markdown file to write (default: print to standard output)")
     cmp.set_defaults(func=cmd_compare)
     ov = sub.add_parser("bench-overhead", help="the harness against a plain PyTorch + peft loop, transformers.Trainer "
                                                "and its own loop in-process, doing the same work in lockstep",
@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, KeyError, FileNotFoundError, ValueError, StoreWriteError, StoreBusy) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"peftbench: error: {msg}", file=sys.stderr)
+    except (ConfigError, UnknownName, FileNotFoundError, ValueError, StoreWriteError, StoreBusy) as e:
+        # a user's error, in one line; anything else (a KeyError from a bug among them) keeps its traceback
+        print(f"peftbench: error: {e}", file=sys.stderr)
         return 2
 
 

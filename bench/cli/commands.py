@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -160,10 +161,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     a_records, a_switch, a_path = load(args.a)
     b_records, b_switch, b_path = load(args.b)
     text = compare_markdown(a_records, b_records, str(a_path), str(b_path), a_switch, b_switch)
-    print(text)
+    if not args.out:  # nothing written unasked: the diff goes to standard output
+        print(text)
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, out)  # whole or not at all
     print(f"wrote {out}")
     return 0
 

@@ -19,6 +19,15 @@ class ConfigError(ValueError):
     """A user-supplied configuration value is invalid."""
 
 
+class UnknownName(KeyError):
+    """A name that is not there (a method, task, model, study, metric or loaded adapter); the message
+    names the valid choices. The CLI prints it in one line; any other KeyError is a bug, with its
+    traceback."""
+
+    def __str__(self) -> str:  # the message, without KeyError's quotes
+        return str(self.args[0]) if self.args else ""
+
+
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and a help string (shorthand used by every config)."""
     if isinstance(default, (list, dict)):

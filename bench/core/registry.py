@@ -16,6 +16,8 @@ import sys
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
+from peft_bench.core.config import UnknownName
+
 T = TypeVar("T")
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -54,7 +56,7 @@ class Registry(Generic[T]):
                 f"letter, got {name!r}."
             )
         if name in self._items and self._items[name] is not obj:
-            raise KeyError(f"{self.kind} {name!r} is already registered (by {self._items[name]!r}).")
+            raise UnknownName(f"{self.kind} {name!r} is already registered (by {self._items[name]!r}).")
         self._items[name] = obj
         return obj
 
@@ -103,12 +105,12 @@ class Registry(Generic[T]):
             if name in provided:
                 return provided[name]
         if name not in self._items and name in self.broken:
-            raise KeyError(self.broken[name] + ".")
+            raise UnknownName(self.broken[name] + ".")
         if name not in self._items:
             from peft_bench.core.config import did_you_mean
 
             choices = self.names()
-            raise KeyError(
+            raise UnknownName(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, choices)} Valid choices: {', '.join(choices)}."
             )
         return self._items[name]

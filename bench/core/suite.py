@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_bench.assets import models
-from peft_bench.core.config import ConfigError, TrainConfig, did_you_mean, from_dict
+from peft_bench.core.config import ConfigError, TrainConfig, UnknownName, did_you_mean, from_dict
 from peft_bench.core.paths import NAME_RULE, PACKAGE_DIR, is_safe_name, slug
 from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
 from peft_bench.core.spec import RunSpec
@@ -97,7 +97,7 @@ def suite_path(name_or_path: str) -> Path:
 def _runnable_method(name: str) -> None:
     """KeyError (unknown, with suggestions; or listed as unable to run, with the reason)."""
     if why := METHODS.get(name).refusal():
-        raise KeyError(why + ".")
+        raise UnknownName(why + ".")
 
 
 def _names(data: dict, key: str, valid: list[str], problems: list[str], check=None) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
-from peft_bench.core.config import check, opt
+from peft_bench.core.config import UnknownName, check, opt
 import torch
 
 from peft_bench.interface.method import Method, MethodConfig, MixedBatchUnsupported, ModelContext, assert_safetensors_only
@@ -98,7 +98,7 @@ def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_nam
     """
     unknown = sorted(set(adapter_names) - set(model.peft_config))
     if unknown:
-        raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
+        raise UnknownName(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
     if len(adapter_names) != input_ids.shape[0]:
         raise ValueError(f"`adapter_names` must have one name per row ({input_ids.shape[0]}), got {len(adapter_names)}.")
     active = model.active_adapter

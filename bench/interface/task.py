@@ -20,6 +20,7 @@ from typing import Callable
 
 import datasets
 
+from peft_bench.core.config import UnknownName
 from peft_bench.core.paths import PACKAGE_DIR
 from peft_bench.assets.artifacts import PackageArtifact, cache_dir, fetch
 
@@ -308,5 +309,5 @@ def load_metric(name: str):
 
     path = METRICS_DIR / name
     if not path.is_dir():
-        raise KeyError(f"unknown metric {name!r}. Valid choices: {', '.join(sorted(HIGHER_IS_BETTER))}.")
+        raise UnknownName(f"unknown metric {name!r}. Valid choices: {', '.join(sorted(HIGHER_IS_BETTER))}.")
     return evaluate.load(str(path))
