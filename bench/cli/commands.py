@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
+from peft_bench.core.paths import write_whole
 from peft_bench.core.config import describe, parse_overrides
 
 DEFAULT_SUITE = "quick"
@@ -166,9 +166,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)  # whole or not at all
+    write_whole(out, lambda f: f.write_text(text))
     print(f"wrote {out}")
     return 0
 

@@ -9,8 +9,10 @@ model path, a hub id) into one, and ``contained`` refuses a path that resolves o
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
+from typing import Callable
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # peft_bench: its suites/ and assets/metrics/
 CHECKOUT = PACKAGE_DIR.parent  # the repository (an editable install runs from it): the lock, reports/
@@ -49,3 +51,16 @@ def contained(path: Path, root: Path, what: str = "path") -> Path:
     if p != r and r not in p.parents:
         raise ValueError(f"refusing to write {what} {str(path)!r}: it resolves to {str(p)!r}, outside {str(r)!r}.")
     return p
+
+
+def write_whole(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``write`` fills a temporary file beside it, which then
+    replaces it in one rename (a crash or a failed write leaves the earlier file as it was)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -45,7 +45,7 @@ from peft_bench.core.config import ConfigError, TrainConfig, UnknownName, did_yo
 from peft_bench.core.paths import NAME_RULE, PACKAGE_DIR, is_safe_name, slug
 from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
 from peft_bench.core.spec import RunSpec
-from peft_bench.interface.task_table import declared_tasks, resolve_task_source, task_for
+from peft_bench.interface.task_table import declared_tasks, resolve_source, task_for
 
 SUITES_DIR = PACKAGE_DIR / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
@@ -196,7 +196,7 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
             problems.append(f"[task_source] {t} must be a path or a hub dataset id (a string), got {v!r}.")
             sources.pop(t)
         else:
-            sources[t] = resolve_task_source(v, path.parent)
+            sources[t] = resolve_source(v, path.parent)
     for t in sources:
         if t not in task_names and t not in data.get("tasks", []):  # (a listed unknown task has its own message)
             problems.append(f"[task_source] names task {t!r}, which is not in `tasks` ({', '.join(task_names)}).")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peft_bench.assets.artifacts import cache_dir
-from peft_bench.core.paths import slug
+from peft_bench.core.paths import slug, write_whole
 from peft_bench.core.spec import RunSpec
 from peft_bench.interface.task import TaskSpec, example_id, load_splits
 
@@ -100,9 +99,7 @@ def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunDa
                    val_enc=by_length(encode(val_ds[:], objective, cols)))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(data)))
-        os.replace(tmp, path)
+        write_whole(path, lambda f: f.write_text(json.dumps(dataclasses.asdict(data))))
     return data
 
 

@@ -35,12 +35,13 @@ several square matmuls in that precision with the run's threads, cached per mach
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from peft_bench.core.paths import write_whole
 
 # dense peak TFLOP/s per precision, from the vendors' data sheets (no sparsity): (name substring, {dtype: TFLOP/s}).
 # fp32 for A100/H100/H200 is TF32 tensor-core matmul, which torch uses only when allowed: the plain fp32 figure
@@ -204,9 +205,7 @@ def peak_flops(device: torch.device, mixed_precision: str, achieved: float = 0.0
     if known.get(key, 0.0) <= achieved:
         with torch.random.fork_rng(devices=[]):  # the run's random state is not touched
             known[key] = max(known.get(key, 0.0), _measure_matmul(device, precision))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_whole(path, lambda f: f.write_text(json.dumps(known, indent=1, sort_keys=True)))
     return known[key], f"measured: best 1024² {precision} matmul, {threads} threads ({name})"
 
 

@@ -70,7 +70,7 @@ def declare(name: str, table: Any, base: TaskSpec | None, folder: Path, problems
         return None
     d = dict(table)
     if "source" in d:
-        d["source"] = _resolve_source(d["source"], folder)
+        d["source"] = resolve_source(d["source"], folder)
     task_def = _canonical(d, base)
     try:
         task_for(name, task_def)
@@ -84,17 +84,13 @@ def _canonical(d: dict, base: TaskSpec | None) -> dict:
     return {**({"base": base.name} if base is not None else {}), **{k: d[k] for k in sorted(d)}}
 
 
-def _resolve_source(source: str, folder: Path) -> str:
-    """A relative path is the suite file's folder's; what exists nowhere stays as written (a hub id)."""
+def resolve_source(source: str, folder: Path) -> str:
+    """A declared task's ``source`` or a ``[task_source]`` path: a relative path is the suite file's
+    folder's; what exists nowhere stays as written (a hub id)."""
     p = Path(source).expanduser()
     if p.is_absolute():
         return str(p)
     return str((folder / p).resolve()) if (folder / p).exists() else source
-
-
-def resolve_task_source(source: str, folder: Path) -> str:
-    """``[task_source]`` paths resolve as a declared task's ``source`` does."""
-    return _resolve_source(source, folder)
 
 
 def task_for(name: str, task_def: dict | None) -> TaskSpec:

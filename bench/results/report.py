@@ -12,13 +12,13 @@ is bold. Time and memory carry no interval and are never bold.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
+from peft_bench.core.paths import write_whole
 from peft_bench.results.aggregate import summarize, varying_keys
 from peft_bench.results.serving_tables import switch_tables
 from peft_bench.results.provenance import _header, lock_summary, memory_note, peak_note  # noqa: F401 (lock_summary: re-exported)
@@ -178,14 +178,8 @@ def export_summary(summary: pd.DataFrame, out_dir: Path) -> None:
     scalar = [c for c in summary.columns
               if not summary[c].map(lambda v: isinstance(v, (list, tuple, dict)) or hasattr(v, "shape")).any()]
     table = summary[scalar]
-    for name, write in ((EXPORTS[0], lambda f: table.to_csv(f, index=False)),
-                        (EXPORTS[1], lambda f: table.to_parquet(f, index=False))):
-        tmp = out_dir / f".{name}.{os.getpid()}"
-        try:
-            write(tmp)
-            os.replace(tmp, out_dir / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    write_whole(out_dir / EXPORTS[0], lambda f: table.to_csv(f, index=False))
+    write_whole(out_dir / EXPORTS[1], lambda f: table.to_parquet(f, index=False))
 
 
 def _sections(records: list[ResultRecord]) -> list[tuple[str, str | None]]:
@@ -253,7 +247,8 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         lines += [f"## {title}", ""]
         if spec:
             lines += [f"{spec.description.rstrip('.')}. Label words: {', '.join(spec.label_words)}.", ""]
-        lines += [_data_line([r for r in ok if r.run.task == task and model in (None, r.run.model)]), ""]
+        mine = [r for r in ok if r.run.task == task and model in (None, r.run.model)]  # this section's runs
+        lines += [_data_line(mine), ""]
         lines += [table_from_summary(rows, names), ""]
         lines += _notes(rows, names[0])
         if figures and not rows.empty:
@@ -264,8 +259,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
                 ("Peak memory, training and evaluation", plots.memory_bars, (rows, out_dir, title)),
                 ("Learning curves: training loss and validation score against step", plots.curves,
                  (rows, names[0], out_dir, title)),
-                (None, plots.grid_plots, (rows, varying_keys([r for r in ok if r.run.task == task and model in (
-                    None, r.run.model)]), names[0], out_dir, title))]))
+                (None, plots.grid_plots, (rows, varying_keys(mine), names[0], out_dir, title))]))
             lines.append("")
     lines += [report_section(name, summary) for name in studies]
     if switch:
@@ -291,11 +285,5 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         inserts.append((slot, links))
     for slot, links in reversed(inserts):  # from the end: earlier slots keep their index
         lines[slot:slot] = links
-    path = out_dir / "README.md"
-    tmp = out_dir / f".README.md.{os.getpid()}"
-    try:  # whole or not at all: an earlier README stays as it was if this write fails
-        tmp.write_text("\n".join(lines).rstrip() + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    text = "\n".join(lines).rstrip() + "\n"
+    return write_whole(out_dir / "README.md", lambda f: f.write_text(text))  # an earlier README stays if this fails
