@@ -117,7 +117,7 @@ def test_an_unreadable_source_is_named(tmp_path, capsys):
     ('[task.headlines]\nsource = "x.jsonl"\ninput_fields = ["text"]\ntemplate = "{text}:"\nlabel_words = ["a", "a"]\n',
      r"`label_words` must be at least two distinct words, got \['a', 'a'\]"),
     ('[task.headlines]\nsource = "x.jsonl"\ninput_fields = ["text"]\ntemplate = "{text}:"\nlabel_words = ["a", "b"]\n'
-     'metrics = ["bleu"]\n', r"`metrics` must be chosen from accuracy, f1, got \['bleu'\]"),
+     'metrics = ["bleu"]\n', r"`metrics` must be chosen from accuracy, exact_match, f1, f1_macro, matthews_correlation, got \['bleu'\]"),
     ('[task.headlines]\ntest_size = "ten"\n', r"`test_size` must be a int \(rows held out for test"),
 ])
 def test_bad_task_tables_are_refused_naming_the_field(tmp_path, capsys, table, message):

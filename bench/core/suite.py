@@ -45,7 +45,7 @@ from peft_bench.core.config import ConfigError, TrainConfig, UnknownName, did_yo
 from peft_bench.core.paths import NAME_RULE, PACKAGE_DIR, is_safe_name, slug
 from peft_bench.core.registry import METHODS, TASKS, load_builtin_plugins
 from peft_bench.core.spec import RunSpec
-from peft_bench.interface.task_table import declared_tasks, resolve_source, task_for
+from peft_bench.interface.task_table import declared_tasks, fit_problems, resolve_source, task_for
 
 SUITES_DIR = PACKAGE_DIR / "suites"
 TOP_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "methods": list,
@@ -146,7 +146,7 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
     trusted = [t for t in data.get("trust_remote_code", []) if isinstance(t, str)]
     model_names = _names(data, "models", [], problems, check=lambda m: models.resolve(m, m in trusted))
     declared = declared_tasks(data, path.parent, problems)  # name -> task_def ([task.NAME] tables)
-    task_names = _names(data, "tasks", sorted({*TASKS.names(), *declared}), problems)
+    task_names = _names(data, "tasks", [], problems, check=lambda t: t in declared or TASKS.get(t))
     method_names = _names(data, "methods", METHODS.names(), problems, check=_runnable_method)
     seeds = data.get("seeds", [0])
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
@@ -181,6 +181,11 @@ def load_suite(name_or_path: str, train_overrides: dict[str, Any] | None = None)
             for cfg in variants[me] or [{}]:
                 if why := cls.refusal(kind, from_dict(cls.config_cls, cfg)):
                     problems.append(f"`methods`: {why}; model {mo!r} is of kind {kind}.")
+    for t in task_names:  # a task that a model or a method cannot take
+        if t in declared and declared[t] is None:
+            continue  # its table's problems are reported already
+        problems += fit_problems(t, task_for(t, declared.get(t)), {mo: models.resolve(mo, mo in trusted).kind
+                                                                   for mo in model_names}, method_names)
     for m in data.get("grid", {}):
         if m not in method_names:
             problems.append(f"[grid.{m}] is a grid for a method that is not in `methods` ({', '.join(method_names)}).")

@@ -20,16 +20,18 @@ from peft_bench.core.spec import RunSpec
 from peft_bench.interface.task import TaskSpec, example_id, load_splits
 
 
-def encode(rows: dict[str, list], objective, cols: list[str]) -> list[dict[str, Any]]:
-    """Tokenise a run's examples (columns as lists) into one dict per example, each with its stable
-    ``id`` (``interface.task.example_id``). Plain lists, not a ``datasets.map``: the examples are
+def encode(rows: dict[str, list], objective, cols: list[str] | None = None) -> list[dict[str, Any]]:
+    """Tokenise a run's examples (columns as lists: the task's ``data_fields``) into one dict per
+    example: the objective's encodings, its ``label`` and its stable ``id``
+    (``interface.task.example_id``). Plain lists, not a ``datasets.map``: the examples are
     already in memory, and map's Arrow round trip and fingerprinting cost more than the tokenising
     itself (0.2-1.8 s per run, measured)."""
-    enc = objective.encode({f: rows[f] for f in cols})
     task = objective.task
+    cols = [f for f in task.data_fields if f in rows] if cols is None else cols
+    enc = objective.encode({f: rows[f] for f in cols})
     ids = [example_id(task, {f: rows[f][i] for f in cols}) for i in range(len(rows["label"]))]
-    return [{"input_ids": x, "length": n, "label": y, "id": i}
-            for x, n, y, i in zip(enc["input_ids"], enc["length"], rows["label"], ids)]
+    return [{**{k: v[j] for k, v in enc.items()}, "label": y, "id": i}
+            for j, (y, i) in enumerate(zip(rows["label"], ids))]
 
 
 @dataclass
@@ -44,7 +46,7 @@ class RunData:
     val_enc: list[dict[str, Any]]
 
 
-DATA_CACHE_VERSION = 2  # bump when what ``run_data`` builds changes shape
+DATA_CACHE_VERSION = 3  # bump when what ``run_data`` builds changes shape
 
 
 def _data_key(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> str | None:
@@ -60,7 +62,8 @@ def _data_key(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> str 
     blob = repr((DATA_CACHE_VERSION, split_cache_dir(task, spec.task_source).name, task.input_fields,
                  task.template, task.label_words, task.target_prefix, str(Path(model_path).resolve()),
                  files_stamp(model_path), type(objective).__qualname__, hashlib.sha256(code.encode()).hexdigest(), cfg.max_length,
-                 cfg.seed, cfg.n_train, cfg.n_test, cfg.n_validation))
+                 cfg.seed, cfg.n_train, cfg.n_test, cfg.n_validation)
+                + ((task.objective, task.max_new_tokens) if task.objective != "classify" else ()))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -74,7 +77,7 @@ def run_data(spec: RunSpec, task: TaskSpec, model_path: str, objective) -> RunDa
     point) read their examples back instead of selecting and tokenising again. Written to a
     temporary file and renamed into place (concurrent shards write the same bytes). Nothing here
     is method-specific, so every method trains on exactly the same encodings."""
-    cfg, cols = spec.train, list(task.input_fields)
+    cfg, cols = spec.train, list(task.data_fields)
     key = _data_key(spec, task, model_path, objective)
     path = cache_dir() / "encoded" / f"{slug(spec.model)}-{slug(task.name)}-{key}.json" if key else None
     if path is not None and path.is_file():

@@ -25,16 +25,17 @@ class Diverged(RuntimeError):
 @dataclass
 class Predictions:
     """One split's per-example outcome, in the loader's order: stable example ids, gold and
-    predicted class, and every class's score (logits, or label-word log-likelihoods)."""
+    predicted answers, and every class's or choice's score (logits, or log-likelihoods; none for
+    generated answers)."""
 
     ids: list[str]
-    gold: list[int]
-    pred: list[int]
+    gold: list  # a class index, or a list of right answers (``interface.task.is_hit``)
+    pred: list  # a class / choice index, or a normalised generated answer
     scores: list[list[float]]
 
     def as_dict(self) -> dict:
         return {"ids": self.ids, "gold": self.gold, "pred": self.pred,
-                "scores": [[round(x, 5) for x in row] for row in self.scores]}
+                "scores": [[round(x, 5) if math.isfinite(x) else None for x in row] for row in self.scores]}
 
 
 @dataclass
@@ -172,27 +173,27 @@ def _check_finite(losses: list[float], steps: int) -> None:
             raise Diverged(f"loss became {v} at step {len(losses) - len(window) + i + 1} of {steps}.")
 
 
-def predict(run: Prepared, model, loader, ids: list[str], desc: str) -> Predictions:
-    """Every example of ``loader`` scored, in inference mode. Under a launch each process scores
-    its slice of every batch and the results are gathered (padding duplicates dropped): every
-    process gets the whole split, in the loader's order."""
+def predict(run: Prepared, model, loader, examples: list[dict], desc: str) -> Predictions:
+    """Every example of ``loader`` (``examples``: its encodings, in its order) predicted, in
+    inference mode. Under a launch each process predicts its slice of every batch and the outputs
+    are gathered (padding duplicates dropped): every process gets the whole split, in order."""
     from tqdm.auto import tqdm
 
-    acc = run.accelerator
-    gold, scores = [], []
+    acc, objective = run.accelerator, run.objective
+    outputs = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                           disable=None if acc.is_local_main_process else True):
             with acc.autocast():
-                s = run.objective.scores(model, batch).float()
-            s, ref = acc.gather_for_metrics((s, batch["labels"]))
-            scores.append(s)
-            gold.append(ref)
-    sc = torch.cat(scores)
-    refs = torch.cat(gold).tolist()
-    if len(refs) != len(ids):
-        raise RuntimeError(f"{desc}: {len(refs)} predictions for {len(ids)} examples.")
-    return Predictions(ids=list(ids), gold=refs, pred=sc.argmax(-1).tolist(), scores=sc.tolist())
+                out = objective.outputs(model, batch)
+            outputs.append(acc.gather_for_metrics(out.float() if out.is_floating_point() else out))
+    width = max(o.shape[1] for o in outputs) if outputs else 0  # choice tasks: batches differ in width
+    pred, scores = objective.decode(torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=(
+        float("-inf") if o.is_floating_point() else -1)) for o in outputs]))
+    if len(pred) != len(examples):
+        raise RuntimeError(f"{desc}: {len(pred)} predictions for {len(examples)} examples.")
+    return Predictions(ids=[e["id"] for e in examples], gold=[objective.gold(e["label"]) for e in examples],
+                       pred=pred, scores=scores)
 
 
 def _validate(run: Prepared, model, loader, step: int, out: TrainOutcome) -> None:
@@ -205,7 +206,7 @@ def _validate(run: Prepared, model, loader, step: int, out: TrainOutcome) -> Non
     inner.eval()
     cuda = [run.device] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        p = predict(run, inner, loader, run.val_ids, f"validate {run.spec.method} {run.spec.task}")
+        p = predict(run, inner, loader, run.val_examples, f"validate {run.spec.method} {run.spec.task}")
     inner.train(was_training)
     out.validation.append((step, compute_metrics(run.task.metrics, p.pred, p.gold)))
     out.val_predictions = p
@@ -224,7 +225,7 @@ def evaluate(run: Prepared) -> tuple[dict[str, dict], Predictions, StepTimer, Me
     model.eval()
     test_dl = acc.prepare(run.test_dl)
     with MemoryMeter(run.device, run.baseline) as mem, StepTimer(run.device) as ev:
-        p = predict(run, model, test_dl, run.test_ids, f"eval {run.spec.method} {run.spec.task}")
+        p = predict(run, model, test_dl, run.test_examples, f"eval {run.spec.method} {run.spec.task}")
         ev.step(len(p.gold))
     return compute_metrics(run.task.metrics, p.pred, p.gold), p, ev, mem
 

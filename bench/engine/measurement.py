@@ -27,7 +27,7 @@ import psutil
 import torch
 from torch import nn
 
-from peft_bench.interface.task import HIGHER_IS_BETTER, load_metric
+from peft_bench.interface.task import HIGHER_IS_BETTER, is_hit, load_metric
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -295,22 +295,27 @@ class StepTimer:
 
 
 # -- task metrics ----------------------------------------------------------------------------------
-def compute_metrics(names: tuple[str, ...], predictions: list[int], references: list[int]) -> dict[str, dict]:
+def compute_metrics(names: tuple[str, ...], predictions: list, references: list) -> dict[str, dict]:
     """{metric: {value, stderr, higher_is_better}}; stderr is the binomial standard error for
-    accuracy (over test examples) and null for metrics without a closed form."""
+    accuracy and exact match (over test examples) and null for metrics without a closed form.
+
+    A reference that lists several right answers (``interface.task.is_hit``) is passed to the
+    metric module as the prediction where the prediction is one of them, else as its first."""
     out = {}
     n = len(references)
+    refs = [(p if is_hit(g, p) else g[0]) if isinstance(g, (list, tuple)) else g for g, p in zip(references, predictions)]
     for name in names:
-        value = load_metric(name).compute(predictions=predictions, references=references)[name]
-        stderr = (value * (1 - value) / n) ** 0.5 if name == "accuracy" and n else None
+        value = load_metric(name).compute(predictions=predictions, references=refs)[name]
+        stderr = (value * (1 - value) / n) ** 0.5 if name in ("accuracy", "exact_match") and n else None
         out[name] = {"value": float(value), "stderr": stderr, "higher_is_better": HIGHER_IS_BETTER[name]}
     return out
 
 
-def majority_baseline(train_labels: list[int], test_labels: list[int],
-                      val_labels: list[int] | None = None) -> dict[str, float | None]:
-    """Accuracy on test (and validation) of always predicting the most frequent training class."""
-    majority = collections.Counter(train_labels).most_common(1)[0][0]
-    acc = lambda ys: sum(int(y == majority) for y in ys) / max(1, len(ys))  # noqa: E731
-    return {"majority_class": int(majority), "majority_accuracy": acc(test_labels),
+def majority_baseline(train_labels: list, test_labels: list, val_labels: list | None = None) -> dict[str, object]:
+    """Accuracy on test (and validation) of always giving the most frequent training answer (a class,
+    a choice position, or an answer text)."""
+    first = lambda y: y[0] if isinstance(y, (list, tuple)) else y  # noqa: E731
+    majority = collections.Counter(first(y) for y in train_labels).most_common(1)[0][0]
+    acc = lambda ys: sum(int(is_hit(y, majority)) for y in ys) / max(1, len(ys))  # noqa: E731
+    return {"majority_class": majority, "majority_accuracy": acc(test_labels),
             "majority_val_accuracy": acc(val_labels) if val_labels else None}

@@ -63,6 +63,8 @@ class Prepared:
     val_dl: Any  # None when the run evaluates no validation examples (eval_points = 0)
     test_ids: list[str]  # ``interface.task.example_id`` of each test example, in test_dl's order
     val_ids: list[str]
+    test_examples: list[dict]  # the encodings test_dl / val_dl batch, in order (ids and gold answers)
+    val_examples: list[dict]
     params: dict[str, int]
     load_time_s: float  # data + base model + tokeniser
     setup_time_s: float  # the rest of ``prepare``: accelerator, the method's wrapping, loaders
@@ -156,9 +158,10 @@ def prepare(spec: RunSpec) -> Prepared:
     val_dl = eval_loader(data.val_enc) if cfg.eval_points and data.val_enc else None
     return Prepared(spec=spec, method=method, task=task, ctx=ctx, model=model, objective=objective,
                     accelerator=accelerator, device=device, n_train=len(data.train_enc),
-                    n_test=len(data.test_enc), train_labels=data.train_rows["label"],
+                    n_test=len(data.test_enc), train_labels=[objective.gold(y) for y in data.train_rows["label"]],
                     train_dl=train_dl, test_dl=test_dl, val_dl=val_dl, test_ids=[e["id"] for e in data.test_enc],
                     val_ids=[e["id"] for e in data.val_enc] if val_dl is not None else [], params=params, load_time_s=load_time,
+                    test_examples=data.test_enc, val_examples=data.val_enc if val_dl is not None else [],
                     setup_time_s=time.perf_counter() - started - load_time - t_forget, baseline=baseline,
                     forgetting=forgetting)
 

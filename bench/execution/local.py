@@ -137,8 +137,9 @@ def label(spec: RunSpec) -> str:
 
 
 def outcome_line(rec: ResultRecord) -> str:
-    acc = rec.metric("accuracy")
-    return (f"-> {rec.status}" + (f", accuracy {acc:.3f}" if acc is not None else "")
+    main = next(iter(rec.metrics), "accuracy")  # the task's first metric: what it is chosen on
+    acc = rec.metric(main)
+    return (f"-> {rec.status}" + (f", {main} {acc:.3f}" if acc is not None else "")
             + (f"\n    {rec.error.strip().splitlines()[-1]}" if rec.error else ""))
 
 

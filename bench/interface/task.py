@@ -21,20 +21,21 @@ from typing import Callable
 import datasets
 
 from peft_bench.core.config import UnknownName
-from peft_bench.core.paths import PACKAGE_DIR
-from peft_bench.assets.artifacts import PackageArtifact, cache_dir, fetch
+from peft_bench.core.paths import PACKAGE_DIR, slug
+from peft_bench.assets.artifacts import PackageArtifact, cache_dir
+from peft_bench.interface.answers import OBJECTIVES, PER_EXAMPLE, is_hit, normalise_answer  # noqa: F401
+from peft_bench.interface.task_source import TaskDataError, data_fingerprint, files_stamp, read_source  # noqa: F401
 
 METRICS_DIR = PACKAGE_DIR / "assets" / "metrics"
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True}  # direction of every metric, declared once
-
-
+# direction of every metric, declared once (each is a module in bench/assets/metrics)
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "f1_macro": True, "matthews_correlation": True, "exact_match": True}
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
     description: str
     input_fields: tuple[str, ...]  # one field, or two for a text pair (encoders get the pair)
     template: str  # causal LMs read str.format(**row); the label word follows
-    label_words: tuple[str, ...]  # verbaliser, in class order (class i <-> label_words[i])
+    label_words: tuple[str, ...] = ()  # verbaliser, in class order (class i <-> label_words[i]); "classify" only
     reader: Callable[[Path], "datasets.Dataset | datasets.DatasetDict"] | None = None
     artifact: PackageArtifact | None = None  # the default source, read by `reader`
     label_names: tuple = ()  # raw label values of a hub/file source, in class order
@@ -52,6 +53,10 @@ class TaskSpec:
     columns: tuple[tuple[str, str], ...] = ()  # (task field or "label", source column) where they differ
     hub_config: str | None = None
     split_names: tuple[tuple[str, str], ...] = ()  # (train / validation / test, the source's split name)
+    objective: str = "classify"  # a key of OBJECTIVES
+    max_new_tokens: int = 32  # "generate": the most tokens generated per example
+    choice_fields: tuple[str, ...] = ()  # "choice": source columns that hold the choices (else a `choices` list)
+    eval_only: bool = False  # too few examples to train on: only methods that train nothing run it
 
     @property
     def num_labels(self) -> int:
@@ -60,61 +65,37 @@ class TaskSpec:
     def prompt(self, row: dict) -> str:
         return self.template.format(**row)
 
+    def answer_rule(self) -> str:
+        """One sentence for reports: what the model answers with and how it is scored."""
+        if self.objective == "choice":
+            return "Each example's own choices, scored by log-likelihood (summed over the choice's tokens)."
+        if self.objective == "generate":
+            return (f"Answers generated greedily (at most {self.max_new_tokens} new tokens), exact match after "
+                    f"normalisation (first line, lower case, whitespace collapsed, trailing full stop dropped).")
+        return f"Label words: {', '.join(self.label_words)}."
 
-class TaskDataError(ValueError):
-    pass
+    @property
+    def data_fields(self) -> tuple[str, ...]:
+        """The columns of the task's split rows: its input fields, `choices` (choice tasks), `label`."""
+        return (*self.input_fields, *(("choices",) if self.objective == "choice" else ()), "label")
 
 
-# -- sources ---------------------------------------------------------------------------------------
-_FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-def _read_source(spec: TaskSpec, source: str | None):
-    """The task's own artifact, or ``source``: local file(s) / a folder of split files / a hub id."""
-    source = source or spec.source
-    if not source:
-        if spec.reader is None:
-            raise TaskDataError(f"task {spec.name!r} has no default source; pass `task_source`.")
-        return spec.reader(fetch(spec.artifact) if spec.artifact else Path("."))
-    path = Path(source)
-    if path.is_file() or path.is_dir():
-        files = ({p.stem: str(p) for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
-                 if path.is_dir() else {"train": str(path)})
-        if not files:
-            raise TaskDataError(f"`task_source` folder {source!r} holds no files; it needs train.<ext> (and "
-                                f"optionally validation / test), <ext> one of {sorted(_FILE_FORMATS)}.")
-        if "train" not in files:
-            raise TaskDataError(f"`task_source` folder {source!r} has no train file (found {sorted(files)}); "
-                                f"name the training rows train.<ext>.")
-        fmt = _FILE_FORMATS.get(Path(files["train"]).suffix)
-        if fmt is None:
-            raise TaskDataError(f"`task_source` file type must be one of {sorted(_FILE_FORMATS)}, got {files['train']!r}.")
-        empty = [f for f in files.values() if Path(f).stat().st_size == 0]
-        if empty:
-            raise TaskDataError(f"`task_source` file(s) {empty} are empty.")
-        kw = {"delimiter": "\t"} if files["train"].endswith(".tsv") else {}
-        try:
-            return datasets.load_dataset(fmt, data_files=files, **kw)
-        except Exception as e:  # noqa: BLE001 - datasets' parse errors name neither task nor a fix
-            root = e
-            while root.__cause__ is not None or root.__context__ is not None:  # the parser's own reason
-                root = root.__cause__ or root.__context__
-            text = str(root).splitlines()[0][:240] if str(root) else ""
-            raise TaskDataError(f"task {spec.name!r}: could not read `task_source` {source!r} as {fmt} (every "
-                                f"split file must have the same columns and types): {type(root).__name__}: {text}") from None
-    try:
-        return datasets.load_dataset(source, spec.hub_config)
-    except Exception as e:  # offline: OfflineModeIsEnabled / ConnectionError
-        raise TaskDataError(
-            f"could not load `task_source` {source!r} as a local file/folder or hub dataset id "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, pass a local "
-            f"csv/json/jsonl/parquet file or a folder with train/test files instead."
-        ) from None
+def answer_key(row: dict):
+    """A row's gold answer as a hashable value (de-duplication: one input, one answer)."""
+    y = row["label"]
+    return tuple(y) if isinstance(y, list) else y
 
 
 def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
     mapping = dict(spec.columns)
-    wanted = {mapping.get(f, f): f for f in (*spec.input_fields, "label")}  # source column -> task field
+    if spec.choice_fields:
+        absent = [c for c in spec.choice_fields if c not in ds.column_names]
+        if absent:
+            raise TaskDataError(f"task {spec.name!r}: `choice_fields` names column(s) {absent}; the source's columns "
+                                f"are {ds.column_names}.")
+        ds = ds.map(lambda r: {"choices": [r[c] for c in spec.choice_fields]})
+        mapping.pop("choices", None)
+    wanted = {mapping.get(f, f): f for f in spec.data_fields}  # source column -> task field
     missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         named = [f"{c!r}" + (f" (for {wanted[c]!r})" if wanted[c] != c else "") for c in missing]
@@ -124,6 +105,10 @@ def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
     renames = {c: f for c, f in wanted.items() if c != f}
     if renames:
         ds = ds.rename_columns(renames)
+    if spec.objective == "choice":
+        return _choice_answers(spec, ds)
+    if spec.objective == "generate":
+        return _text_answers(spec, ds)
     if spec.label_names and ds.features["label"].dtype not in ("int64", "int32"):
         index = {v: i for i, v in enumerate(spec.label_names)}
         index.update({str(v): i for i, v in enumerate(spec.label_names)})
@@ -147,9 +132,51 @@ def _normalise(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
     return ds
 
 
+def _choice_answers(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
+    """Choice rows: `choices` a list of at least two texts; `label` an index into them, one of their
+    texts, or a list of either (several right choices), stored as the sorted list of right indices."""
+    def right(row) -> list[int] | str:
+        choices, y = row["choices"], row["label"]
+        if not isinstance(choices, list) or len(choices) < 2:
+            return f"`choices` must be a list of at least two texts, got {choices!r}"
+        out = set()
+        for v in (y if isinstance(y, list) else [y]):
+            if isinstance(v, str) and v in choices:
+                out.add(choices.index(v))
+            elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(choices):
+                out.add(v)
+            else:
+                return f"label {v!r} is neither an index 0..{len(choices) - 1} nor one of the choices {choices!r}"
+        return sorted(out) if out else f"no right choice among {choices!r}"
+
+    rows = [dict(zip(ds.column_names, vals)) for vals in zip(*(ds[c] for c in ds.column_names))]
+    for i, row in enumerate(rows):
+        got = right(row)
+        if isinstance(got, str):
+            raise TaskDataError(f"task {spec.name!r}, row {i}: {got}.")
+        row["choices"], row["label"] = [str(c) for c in row["choices"]], got
+    return datasets.Dataset.from_list(rows, features=datasets.Features(
+        {**{f: datasets.Value("string") for f in spec.input_fields},
+         "choices": datasets.Sequence(datasets.Value("string")), "label": datasets.Sequence(datasets.Value("int64"))}))
+
+
+def _text_answers(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
+    """Generation rows: `label` one answer text, or a list of acceptable ones (normalised when compared)."""
+    rows = []
+    for i, (vals, y) in enumerate(zip(zip(*(ds[f] for f in spec.input_fields)), ds["label"])):
+        answers = [str(a) for a in (y if isinstance(y, list) else [y]) if a is not None and str(a).strip()]
+        if not answers:
+            raise TaskDataError(f"task {spec.name!r}, row {i}: no answer text in `label` ({y!r}).")
+        rows.append({**dict(zip(spec.input_fields, map(str, vals))), "label": answers})
+    return datasets.Dataset.from_list(rows, features=datasets.Features(
+        {**{f: datasets.Value("string") for f in spec.input_fields}, "label": datasets.Sequence(datasets.Value("string"))}))
+
+
 def input_key(spec: TaskSpec, row: dict) -> str:
-    """What counts as 'the same input' for de-duplication and leak checks."""
-    return " \u241e ".join(" ".join(str(row[f]).lower().split()) for f in spec.input_fields)
+    """What counts as 'the same input' for de-duplication and leak checks (a choice task's
+    choices are part of its input)."""
+    parts = [row[f] for f in spec.input_fields] + ([" | ".join(row["choices"])] if spec.objective == "choice" else [])
+    return " \u241e ".join(" ".join(str(p).lower().split()) for p in parts)
 
 
 def example_id(spec: TaskSpec, row: dict) -> str:
@@ -162,7 +189,7 @@ def example_id(spec: TaskSpec, row: dict) -> str:
 def _dedupe(spec: TaskSpec, ds: datasets.Dataset) -> datasets.Dataset:
     labels_of: dict[str, set] = {}
     for row in ds:
-        labels_of.setdefault(input_key(spec, row), set()).add(row["label"])
+        labels_of.setdefault(input_key(spec, row), set()).add(answer_key(row))
     seen: set[str] = set()
     keep = []
     for i, row in enumerate(ds):
@@ -200,8 +227,9 @@ def split_cache_dir(spec: TaskSpec, source: str | None = None) -> Path:
     key = hashlib.sha256(repr((spec.name, spec.version, spec.split_seed, spec.test_size, spec.validation_size,
                                spec.input_fields, spec.label_names, source, files_stamp(source))
                               + ((spec.columns, spec.hub_config, spec.split_names)
-                                 if spec.columns or spec.hub_config or spec.split_names else ())).encode())
-    return cache_dir() / "splits" / f"{spec.name}-v{spec.version}-{key.hexdigest()[:12]}"
+                                 if spec.columns or spec.hub_config or spec.split_names else ())
+                              + ((spec.objective, spec.choice_fields) if spec.objective != "classify" else ())).encode())
+    return cache_dir() / "splits" / f"{slug(spec.name)}-v{spec.version}-{key.hexdigest()[:12]}"
 
 
 def _mk(path: Path) -> Path:
@@ -209,48 +237,8 @@ def _mk(path: Path) -> Path:
     return path
 
 
-def files_stamp(source: str | None) -> str:
-    """Local files change in place: their size and mtime are part of a cache key ("" for anything
-    that is not a local file or folder)."""
-    if not source or not Path(source).exists():
-        return ""
-    files = sorted(Path(source).rglob("*")) if Path(source).is_dir() else [Path(source)]
-    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
-
-
-def data_fingerprint(spec: TaskSpec, source: str | None = None) -> dict[str, object]:
-    """What pins a run's data, for its run id: changed data means a new run, never a stale one.
-
-    A local file or folder: the sha256 of its contents (every file's relative path and bytes). The
-    task's own package artifact: its pinned sha256, with the task's ``version``. A hub dataset id
-    cannot be pinned here (``sha256`` None: a new upload under the same id is not seen)."""
-    source = source or spec.source
-    if source and Path(source).exists():
-        return {"kind": "local", "sha256": _content_sha256(source, files_stamp(source)), "task_version": spec.version}
-    if source:
-        return {"kind": "hub", "sha256": None, "task_version": spec.version}
-    art = spec.artifact
-    return {"kind": "artifact" if art else "builtin", "sha256": art.sha256 if art else None,
-            "task_version": spec.version}
-
-
-@functools.lru_cache(maxsize=64)
-def _content_sha256(source: str, stamp: str) -> str:
-    """sha256 over a file's bytes, or a folder's files (relative path and bytes, sorted); computed
-    again only when ``stamp`` (sizes and mtimes) changes."""
-    root = Path(source)
-    h = hashlib.sha256()
-    for f in (sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]):
-        h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
-    raw = _read_source(spec, source)
+    raw = read_source(spec, source)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
     if spec.split_names:
@@ -265,8 +253,8 @@ def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
     if "train" not in parts:
         raise TaskDataError(f"task {spec.name!r}: the source has no train split (it has {sorted(raw)}); name "
                             f"one with `splits = {{train = \"...\"}}`.")
-    counts = collections.Counter(y for part in parts.values() for y in part["label"])
-    empty = [w for i, w in enumerate(spec.label_words) if not counts[i]]
+    counts = collections.Counter(y for part in parts.values() for y in part["label"]) if spec.objective == "classify" else {}
+    empty = [w for i, w in enumerate(spec.label_words) if not counts[i]] if counts else []
     if empty:
         raise TaskDataError(f"task {spec.name!r}: class(es) {empty} have no rows in the source (rows per class: "
                             f"{ {w: counts[i] for i, w in enumerate(spec.label_words)} }); drop the class from "
@@ -287,7 +275,7 @@ def _build_splits(spec: TaskSpec, source: str | None) -> datasets.DatasetDict:
         train = train.shuffle(seed=spec.split_seed + 1)
         n_val = min(spec.validation_size, len(train) // 5)
         val, train = train.select(range(n_val)), train.select(range(n_val, len(train)))
-    for name, part in (("train", train), ("test", test)):
+    for name, part in (("train", train), ("test", test)) if spec.objective == "classify" else ():
         if len(set(part["label"])) < 2:
             raise TaskDataError(f"task {spec.name!r}: the {name} split must hold at least two classes, got "
                                 f"only {sorted(set(part['label']))} in {len(part)} rows (accuracy would mean nothing).")

@@ -29,9 +29,12 @@ from peft_bench.interface.task import HIGHER_IS_BETTER, TaskSpec
 # required for a new task, any subset overrides a built-in task's
 FIELDS: dict[str, tuple[type | tuple, str]] = {
     "source": (str, "local csv/tsv/json/jsonl/parquet file, folder of train/validation/test files, or hub id"),
-    "input_fields": (list, "the template's fields: one, or two for a text pair"),
-    "template": (str, "the prompt, with {field} for each input field; the label word follows"),
-    "label_words": (list, "verbaliser, in class order"),
+    "input_fields": (list, "the template's fields: one to four (an encoder reads two as a pair, more joined)"),
+    "template": (str, "the prompt, with {field} for each input field; the label word, choice or answer follows"),
+    "label_words": (list, "verbaliser, in class order (objective \"classify\")"),
+    "objective": (str, "classify (default: fixed label words), choice (each row's own choices) or generate"),
+    "choice_fields": (list, "choice tasks: the columns that hold each row's choices (or a `choices` list column)"),
+    "max_new_tokens": (int, "generate: the most tokens generated per answer (default 32)"),
     "label_names": (list, "raw label values in the source, in class order (default: label_words)"),
     "description": (str, "one line for `peftbench list` and the report"),
     "metrics": (list, f"test metrics, the first chosen on (from {', '.join(sorted(HIGHER_IS_BETTER))})"),
@@ -44,7 +47,7 @@ FIELDS: dict[str, tuple[type | tuple, str]] = {
     "hub_config": (str, "the hub dataset's configuration name"),
     "splits": (dict, "harness split -> source split name, e.g. {test = \"validation\"}"),
 }
-NEW_REQUIRED = ("source", "input_fields", "template", "label_words")
+NEW_REQUIRED = ("source", "input_fields", "template")  # and label_words for objective "classify"
 SPLITS = ("train", "validation", "test")
 
 
@@ -62,10 +65,11 @@ def declare(name: str, table: Any, base: TaskSpec | None, folder: Path, problems
         elif not isinstance(v, FIELDS[k][0]) or isinstance(v, bool):
             problems.append(f"{where}: `{k}` must be a {FIELDS[k][0].__name__} ({FIELDS[k][1]}), got {v!r}.")
     if base is None:
-        missing = [k for k in NEW_REQUIRED if k not in table]
+        need = NEW_REQUIRED + (("label_words",) if table.get("objective", "classify") == "classify" else ())
+        missing = [k for k in need if k not in table]
         if missing:
             problems.append(f"{where} declares a new task and lacks {', '.join(f'`{k}`' for k in missing)} "
-                            f"(a new task needs {', '.join(NEW_REQUIRED)}).")
+                            f"(a new task needs {', '.join(need)}).")
     if len(problems) > before:
         return None
     d = dict(table)
@@ -78,6 +82,19 @@ def declare(name: str, table: Any, base: TaskSpec | None, folder: Path, problems
         problems.append(f"{where}: {e}")
         return None
     return task_def
+
+
+def tasks_from_file(path: Path) -> dict[str, TaskSpec]:
+    """The tasks a TOML file of ``[task.NAME]`` tables declares (a plugin's tasks as data: ``register``
+    each, e.g. ``tasks/hub_benchmarks.py``); ValueError listing every problem."""
+    import tomllib
+
+    problems: list[str] = []
+    tables = tomllib.loads(Path(path).read_text()).get("task", {})
+    defs = {name: declare(name, table, None, Path(path).parent, problems) for name, table in tables.items()}
+    if problems:
+        raise ValueError(f"{path}: " + " ".join(problems))
+    return {name: task_for(name, d) for name, d in defs.items()}
 
 
 def _canonical(d: dict, base: TaskSpec | None) -> dict:
@@ -108,9 +125,9 @@ def _build(name: str, blob: str) -> TaskSpec:
     fields: dict[str, Any] = {}
     for k, v in d.items():
         if k in ("base", "source", "description", "template", "target_prefix", "hub_config", "label_column",
-                 "test_size", "validation_size", "version"):
+                 "test_size", "validation_size", "version", "objective", "max_new_tokens"):
             fields[k] = v
-        elif k in ("input_fields", "label_words", "label_names", "metrics"):
+        elif k in ("input_fields", "label_words", "label_names", "metrics", "choice_fields"):
             fields[k] = tuple(v)
         elif k in ("columns", "splits"):
             fields[k] = tuple(sorted((str(a), str(b)) for a, b in v.items()))
@@ -126,7 +143,10 @@ def _build(name: str, blob: str) -> TaskSpec:
 
         spec = dataclasses.replace(TASKS.get(base), **fields)
     else:
-        fields.setdefault("label_names", fields["label_words"])
+        if fields.get("objective", "classify") != "classify":
+            fields.setdefault("metrics", ("exact_match",) if fields["objective"] == "generate" else ("accuracy",))
+            fields.setdefault("main_metric", fields["metrics"][0])
+        fields.setdefault("label_names", fields.get("label_words", ()))
         fields.setdefault("description", f"declared task {name} ({Path(fields['source']).name})")
         spec = TaskSpec(name=name, **fields)
     _check(spec)
@@ -135,10 +155,19 @@ def _build(name: str, blob: str) -> TaskSpec:
 
 def _check(spec: TaskSpec) -> None:
     """What a declared task must satisfy before any data is read (ValueError naming the field)."""
+    from peft_bench.interface.task import OBJECTIVES
+
     n = len(spec.input_fields)
-    if not 1 <= n <= 2 or not all(isinstance(f, str) and f for f in spec.input_fields):
-        raise ValueError(f"`input_fields` must name one field, or two for a pair, got {list(spec.input_fields)}.")
-    if len(spec.label_words) < 2 or len(set(spec.label_words)) != len(spec.label_words):
+    if not 1 <= n <= 4 or not all(isinstance(f, str) and f for f in spec.input_fields):
+        raise ValueError(f"`input_fields` must name one to four fields, got {list(spec.input_fields)}.")
+    if spec.objective not in OBJECTIVES:
+        raise ValueError(f"`objective` must be one of {', '.join(OBJECTIVES)}, got {spec.objective!r}.")
+    if spec.choice_fields and (spec.objective != "choice" or len(spec.choice_fields) < 2):
+        raise ValueError(f"`choice_fields` names at least two columns of a task with objective \"choice\", "
+                         f"got {list(spec.choice_fields)} (objective {spec.objective!r}).")
+    if spec.objective == "generate" and not 1 <= spec.max_new_tokens <= 512:
+        raise ValueError(f"`max_new_tokens` must be in 1..512, got {spec.max_new_tokens}.")
+    if spec.objective == "classify" and (len(spec.label_words) < 2 or len(set(spec.label_words)) != len(spec.label_words)):
         raise ValueError(f"`label_words` must be at least two distinct words, got {list(spec.label_words)}.")
     if spec.label_names and len(spec.label_names) != len(spec.label_words):
         raise ValueError(f"`label_names` must give one raw value per label word ({len(spec.label_words)}), "
@@ -151,6 +180,10 @@ def _check(spec: TaskSpec) -> None:
     unknown = [m for m in spec.metrics if m not in HIGHER_IS_BETTER]
     if not spec.metrics or unknown:
         raise ValueError(f"`metrics` must be chosen from {', '.join(sorted(HIGHER_IS_BETTER))}, got {list(spec.metrics)}.")
+    fits = {"generate": {"exact_match"}, "choice": {"accuracy"}}.get(spec.objective)
+    if fits is not None and not set(spec.metrics) <= fits:
+        raise ValueError(f"`metrics` of a task with objective {spec.objective!r} must be chosen from {sorted(fits)}, "
+                         f"got {list(spec.metrics)}.")
     bad = [k for k, _ in spec.split_names if k not in SPLITS]
     if bad:
         raise ValueError(f"`splits` maps the harness's splits ({', '.join(SPLITS)}), got {bad}.")
@@ -190,3 +223,17 @@ def declared_tasks(data: dict, folder: Path, problems: list[str]) -> dict[str, d
     # a table with problems stays a name (None): the suite reports the table's problem, not an unknown task
     return {name: declare(name, table, TASKS.get(name) if name in TASKS else None, where, problems)
             for name, (table, where) in tables.items()}
+
+
+def fit_problems(name: str, task: TaskSpec, kinds: dict[str, str], methods: list[str]) -> list[str]:
+    """Why a suite's models (name -> kind) or methods cannot take ``task``: a choice or generation
+    task on an encoder; an evaluation-only task with a method that trains."""
+    from peft_bench.core.registry import METHODS
+    from peft_bench.engine.objectives import refusal
+
+    out = [f"`tasks`: {why}; model {mo!r} is of kind {kind}." for mo, kind in kinds.items() if (why := refusal(kind, task))]
+    training = [m for m in methods if METHODS.get(m).trains]
+    if task.eval_only and training:
+        out.append(f"`tasks`: task {name!r} is evaluation-only ({task.description}): too few examples to train "
+                   f"on; methods that train ({', '.join(training)}) cannot run it, zero_shot can.")
+    return out

@@ -41,6 +41,7 @@ from collections import defaultdict
 
 import pandas as pd
 
+from peft_bench.interface.answers import PER_EXAMPLE
 from peft_bench.results import stats
 from peft_bench.results.predictions import correctness
 from peft_bench.results.schema import SWITCH_SCHEMA_VERSION, ResultRecord
@@ -143,12 +144,13 @@ def training_problem(r: ResultRecord) -> str | None:
         return None  # nothing to train (a zero-shot baseline)
     if res.first_loss is not None and res.final_loss is not None and res.final_loss > (1 - LOSS_FALL) * res.first_loss:
         return f"loss did not fall ({res.first_loss:.3f} → {res.final_loss:.3f})"
-    val = [p.get("accuracy") for p in (r.curves.validation or []) if p.get("accuracy") is not None]
+    main = next((m for m in r.metrics if m in PER_EXAMPLE), "accuracy")
+    val = [p.get(main) for p in (r.curves.validation or []) if p.get(main) is not None]
     m, n = base.majority_val_accuracy, r.run.n_validation
     if val and m is not None and n:
         bar = m + 2 * math.sqrt(m * (1 - m) / n)
         if max(val) <= bar:
-            return (f"validation accuracy never rose two standard errors above the majority class (best "
+            return (f"validation {main} never rose two standard errors above the majority class (best "
                     f"{max(val):.3f}, majority {m:.3f}, bar {bar:.3f} on {n} examples)")
     return None
 
@@ -235,10 +237,12 @@ def summarize(records: list[ResultRecord], switch: list[dict] | None = None) -> 
             row[f"val_{name}"] = _mean([r.validation[name].value for r in recs if name in r.validation])
         row["correct"] = correctness(recs)
         ci = stats.accuracy_ci(row["correct"][0]) if row["correct"] is not None else None
-        row["accuracy_low"], row["accuracy_high"] = (ci.low, ci.high) if ci else (math.nan, math.nan)
+        main = next(iter(recs[0].metrics), "accuracy")
+        for name in PER_EXAMPLE:  # the interval of the per-example metric the predictions score
+            hit = ci if name == main else None
+            row[f"{name}_low"], row[f"{name}_high"] = (hit.low, hit.high) if hit else (math.nan, math.nan)
         row["did_not_train"] = _did_not_train(recs)
         row["loss_curve"] = _mean_curve([[(p[0], p[1]) for p in (r.curves.train_loss or [])] for r in recs])
-        main = next(iter(recs[0].metrics), "accuracy")
         row["val_curve"] = _mean_curve([[(p["step"], p[main]) for p in (r.curves.validation or []) if main in p]
                                         for r in recs])
         row["search"], row["trials"] = chosen.get(key, (None, []))

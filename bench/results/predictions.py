@@ -7,9 +7,11 @@ record by a relative path (``run.predictions``), so a store folder moves or is c
      "splits": {"test": {"ids": [...], "gold": [...], "pred": [...], "scores": [[...], ...]},
                 "validation": {...}}}
 
-``ids`` are stable example ids (``interface.task.example_id``): two runs of a task are paired
+``gold`` is a class index, or a list of right answers (choice indices, accepted answer texts);
+``pred`` the predicted class / choice or the normalised generated text. ``ids`` are stable example ids (``interface.task.example_id``): two runs of a task are paired
 example by example on them, whatever order they evaluated in. ``scores`` are each class's score
-(an encoder head's logits, or the label words' log-likelihoods of a causal LM). gzip with a fixed
+(an encoder head's logits, or the label words' or choices' log-likelihoods of a causal LM; null
+for a choice an example does not have; empty for generated answers). gzip with a fixed
 header time, so the same predictions give the same bytes.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from peft_bench.core.paths import contained
+from peft_bench.interface.answers import is_hit
 from peft_bench.results.schema import ResultRecord
 
 FOLDER = "predictions"
@@ -93,7 +96,7 @@ def correctness(records: list[ResultRecord], split: str = "test", ids: list[str]
         return None
     rows = []
     for p in parts:
-        hit = {i: int(g == y) for i, g, y in zip(p["ids"], p["gold"], p["pred"])}
+        hit = {i: int(is_hit(g, y)) for i, g, y in zip(p["ids"], p["gold"], p["pred"])}
         if any(i not in hit for i in ids):
             return None
         rows.append([hit[i] for i in ids])

@@ -19,6 +19,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from peft_bench.core.paths import write_whole
+from peft_bench.interface.answers import PER_EXAMPLE
 from peft_bench.results.aggregate import summarize, varying_keys
 from peft_bench.results.serving_tables import switch_tables
 from peft_bench.results.provenance import _header, lock_summary, memory_note, peak_note  # noqa: F401 (lock_summary: re-exported)
@@ -52,8 +53,8 @@ def _rank(row: pd.Series) -> str:
 def _columns(metric_names: tuple[str, ...], with_switch: bool, with_forgetting: bool = False) -> list[tuple]:
     """(title, summary column, formatter, which value is bold: "rank" (accuracy: no variant
     significantly better), "min" (exact counts: the smallest) or None)."""
-    cols: list[tuple] = [(f"{m} ↑" + (" [95% CI]" if m == "accuracy" else ""), m, None,
-                          "rank" if m == "accuracy" else None) for m in metric_names]
+    cols: list[tuple] = [(f"{m} ↑" + (" [95% CI]" if m in PER_EXAMPLE else ""), m, None,
+                          "rank" if m in PER_EXAMPLE else None) for m in metric_names]
     cols += [
         ("rank", "rank_low", None, None),
         (f"validation {metric_names[0]}", f"val_{metric_names[0]}", lambda v: f"{v:.3f}", None),
@@ -111,7 +112,8 @@ def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> 
     base = summary["majority_accuracy"].dropna()
     if len(base):
         row = {k: "—" for k in rows[0]}
-        row.update({"method": "majority class (baseline)", "accuracy ↑ [95% CI]": f"{base.iloc[0]:.3f}"})
+        first = next(t for t, col, _, _ in cols if col in metric_names)
+        row.update({"method": "majority class (baseline)", first: f"{base.iloc[0]:.3f}"})
         rows.append(row)
     return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
 
@@ -246,7 +248,7 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         title = task if model is None else f"{task} on {model}"
         lines += [f"## {title}", ""]
         if spec:
-            lines += [f"{spec.description.rstrip('.')}. Label words: {', '.join(spec.label_words)}.", ""]
+            lines += [f"{spec.description.rstrip('.')}. {spec.answer_rule()}", ""]
         mine = [r for r in ok if r.run.task == task and model in (None, r.run.model)]  # this section's runs
         lines += [_data_line(mine), ""]
         lines += [table_from_summary(rows, names), ""]

@@ -160,7 +160,7 @@ class Curves(Section):
 class Baselines(Section):
     """What a model that learned nothing scores (``engine.measurement.majority_baseline``)."""
 
-    majority_class: int | None = None  # the most frequent training label
+    majority_class: int | str | None = None  # the most frequent training answer (class, choice position or text)
     majority_accuracy: float | None = None  # test accuracy of always predicting it
     majority_val_accuracy: float | None = None  # the same on the validation examples
 
