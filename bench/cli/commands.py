@@ -20,6 +20,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from peft_bench.core.suite import builtin_suites
 
     load_builtin_plugins()
+    if args.tasks:
+        lines = TASKS.family_listing(args.tasks.rstrip(":"))
+        print("\n".join([f"tasks {args.tasks.rstrip(':')}:NAME:", *lines]))
+        return 0
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.get(name)
@@ -35,8 +39,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("tasks:")
     for name in TASKS.names():
         t = TASKS.get(name)
-        print(f"  {name:<20} {t.description}; labels: {', '.join(t.label_words)}; metrics: {', '.join(t.metrics)}")
+        answers = f"labels: {', '.join(t.label_words)}" if t.objective == "classify" else f"objective: {t.objective}"
+        print(f"  {name:<20} {t.description}; {answers}; metrics: {', '.join(t.metrics)}")
     _broken(TASKS)
+    for fam in TASKS.families():
+        print(f"  {fam + ':NAME':<20} a family of tasks: `peftbench list --tasks {fam}` lists them")
     print("models:")
     for name, desc in models.describe_all():
         print(f"  {name:<20} {desc}")

@@ -33,6 +33,8 @@ class Registry(Generic[T]):
         self._entry_points_loaded = False
         self.broken: dict[str, str] = {}  # entry-point name -> why it could not be loaded
         self._providers: list[Callable[[], dict[str, T]]] = []
+        self._families: dict[str, Callable[[str], T]] = {}
+        self._listings: dict[str, Callable[[], list[str]]] = {}
 
     def add_provider(self, provide: Callable[[], dict[str, T]]) -> None:
         """Register a source of names computed when they are looked up (e.g. one method per type
@@ -47,6 +49,32 @@ class Registry(Generic[T]):
                 if name not in self._items:
                     out.setdefault(name, obj)
         return out
+
+    def add_family(self, prefix: str, resolve: Callable[[str], T], listing: Callable[[], list[str]] | None = None) -> None:
+        """Names ``prefix:REST`` resolved on demand by ``resolve(REST)`` (which raises UnknownName
+        for a REST it does not know): a family too large to list eagerly, or whose data is
+        fetched only when one of its names is first used (BIG-bench's tasks). They are not in
+        ``names()``; ``listing()`` gives the lines of ``peftbench list --tasks PREFIX``."""
+        self._families[prefix] = resolve
+        self._listings[prefix] = listing or (lambda: [])
+
+    def family_listing(self, prefix: str) -> list[str]:
+        """The lines listing the family ``prefix`` (UnknownName naming the families there are)."""
+        self.load_entry_points()
+        if prefix not in self._families:
+            raise UnknownName(f"unknown {self.kind} family {prefix!r}. Valid choices: {', '.join(sorted(self._families)) or '(none)'}.")
+        return self._listings[prefix]()
+
+    def families(self) -> list[str]:
+        self.load_entry_points()
+        return sorted(self._families)
+
+    def family(self, name: str) -> tuple[str, Callable[[str], T]] | None:
+        prefix, sep, _ = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not sep:
+            return None
+        self.load_entry_points()
+        return (prefix, self._families[prefix]) if prefix in self._families else None
 
     # -- registration -------------------------------------------------------------------------
     def add(self, name: str, obj: T) -> T:
@@ -98,6 +126,8 @@ class Registry(Generic[T]):
                     print(f"peftbench: warning: {self.broken[ep.name]}; it is left out.", file=sys.stderr)
 
     def get(self, name: str) -> T:
+        if (fam := self.family(name)) is not None:
+            return fam[1](name.partition(":")[2])
         if name not in self._items:
             self.load_entry_points()
         if name not in self._items and self._providers:
@@ -121,6 +151,12 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self.load_entry_points()
+        if isinstance(name, str) and (fam := self.family(name)) is not None:
+            try:
+                fam[1](name.partition(":")[2])
+                return True
+            except UnknownName:
+                return False
         return name in self._items or name in self._provided()
 
     def __iter__(self) -> Iterator[str]:
