@@ -12,7 +12,9 @@ from peft_bench.interface.task import TaskDataError, _build_splits, input_key, l
 load_builtin_plugins()
 
 
-@pytest.mark.parametrize("name", TASKS.names())
+# every task whose data is offline (a package artifact); hub-sourced definitions are run on fixture
+# rows shaped like the hub's in tests/test_hub_benchmarks.py
+@pytest.mark.parametrize("name", [n for n in TASKS.names() if not TASKS.get(n).source])
 def test_task_contract(name):
     spec = TASKS.get(name)
     splits = load_splits(spec)
