@@ -56,12 +56,12 @@ GENERATE = {"source": None, "objective": "generate", "input_fields": ["q"], "lab
             "max_new_tokens": 6, "test_size": 60}
 
 
-def spec_for(task_def: dict, method: str = "lora", **train) -> RunSpec:
+def spec_for(task_def: dict, method: str = "lora", method_config: dict | None = None, **train) -> RunSpec:
     cfg = dict(steps=4, batch_size=8, n_train=64, n_test=24, n_validation=16, eval_batch_size=8, max_length=64,
                num_threads=2, eval_points=1)
     cfg.update(train)
-    return RunSpec(model="tiny-llama", task="t", method=method, train=TrainConfig(**cfg),
-                   task_def=task_def).resolve()
+    return RunSpec(model="tiny-llama", task="t", method=method, method_config=method_config or {},
+                   train=TrainConfig(**cfg), task_def=task_def).resolve()
 
 
 def test_choice_rows_keep_their_own_choices_and_every_right_answer(tmp_path):
@@ -224,3 +224,22 @@ def test_a_generation_row_without_an_answer_is_refused(tmp_path):
     task = task_for("t", {**GENERATE, "source": jsonl(tmp_path / "g.jsonl", rows), "test_size": 20})
     with pytest.raises(TaskDataError, match=r"row \d+: no answer text in `label`"):
         load_splits(task)
+
+
+def test_exact_match_of_a_planted_answer(tmp_path):
+    """Every row's answer is the same word: full fine-tuning plants it, and greedy generation then
+    gives it for every test row (exact match 1.0), where the untrained model gives it for none."""
+    rows = [{"q": f"{i} plus {i} =", "a": "ok"} for i in range(240)]
+    task_def = {**GENERATE, "source": jsonl(tmp_path / "g.jsonl", rows), "max_new_tokens": 4}
+    from peft_bench.engine.loop import evaluate, train
+
+    scores = {}
+    for method, cfg in (("zero_shot", {}), ("full_finetune", {"lr": 1e-2})):
+        run = prepare(spec_for(task_def, method=method, method_config=cfg, steps=40))
+        if run.method.trains:
+            train(run)
+        metrics, pred, _, _ = evaluate(run)
+        scores[method] = (metrics["exact_match"]["value"], pred.pred[:3], pred.gold[:3])
+    assert scores["zero_shot"][0] == 0.0
+    assert scores["full_finetune"][0] == 1.0, scores
+    assert scores["full_finetune"][2] == [["ok"]] * 3

@@ -6,6 +6,9 @@ evaluation-only refusal and the names it suggests."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +78,57 @@ def test_evaluation_only_tasks_and_unknown_names_are_refused_before_running(tmp_
         load_suite(write(tmp_path, 'models = ["tiny-llama"]\ntasks = ["bigbench:strategyq"]\nmethods = ["zero_shot"]\n'))
     with pytest.raises(SuiteError, match=r"which needs a causal LM"):
         load_suite(write(tmp_path, 'models = ["tiny-bert"]\ntasks = ["bigbench:strategyqa"]\nmethods = ["zero_shot"]\n'))
+
+
+def _fixture_archive(cache, tasks: dict[str, dict]) -> None:
+    """A cache holding the artifact unpacked, as ``fetch`` leaves it (manifest, stamps, completion
+    mark), with fixture task.json files in BIG-bench's format instead of the real archive's."""
+    from peft_bench.assets import artifacts
+
+    out_root = cache / "artifacts" / f"{bigbench.ARTIFACT.package}-{bigbench.ARTIFACT.version}"
+    for name, task in tasks.items():
+        folder = out_root / bigbench.ARTIFACT.member / name
+        folder.mkdir(parents=True)
+        (folder / "task.json").write_text(json.dumps(task))
+    artifacts._write_manifest(out_root)
+    artifacts._write_stamps(out_root)
+    (out_root / ".complete").touch()
+
+
+def test_a_bigbench_choice_task_runs_end_to_end_from_fixture_files(tmp_path, monkeypatch):
+    """A task.json in BIG-bench's format, in an artifact cache laid out as ``fetch`` leaves it:
+    named bigbench:NAME in a suite, split, trained and scored in child processes; the record pins
+    the archive's sha256."""
+    import random
+
+    r = random.Random(0)
+    examples = []
+    for i in range(400):
+        a, b = r.randrange(100), r.randrange(100)
+        examples.append({"input": f"Is {a} larger than {b}? ({i})", "target_scores": {"Yes": int(a > b), "No": int(a <= b)}})
+    sub = {"name": "bigger/easy", "description": "which number is larger", "keywords": [],
+           "examples": [{"input": f"Say go {i}", "target": "go"} for i in range(120)]}
+    _fixture_archive(tmp_path / "cache", {"bigger": {"name": "bigger", "description": "compare numbers",
+                                                      "keywords": [], "examples": examples},
+                                          "bigger/easy": sub})
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
+    bigbench.index.cache_clear()
+    bigbench.task.cache_clear()
+    try:
+        assert set(bigbench.index()["tasks"]) == {"bigger", "bigger/easy"}
+        assert TASKS.get("bigbench:bigger/easy").eval_only and TASKS.get("bigbench:bigger/easy").objective == "generate"
+        suite = write(tmp_path, 'models = ["tiny-llama"]\ntasks = ["bigbench:bigger"]\nmethods = ["zero_shot", "lora"]\n'
+                                '[train]\nsteps = 4\nbatch_size = 8\nn_train = 32\nn_test = 40\n')
+        # a fresh process: its run processes see this cache (a run server started earlier here has its own)
+        proc = subprocess.run([sys.executable, "-m", "peft_bench.cli", "run", suite, "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, env=dict(os.environ, PEFT_BENCH_CACHE=str(tmp_path / "cache")))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    finally:
+        bigbench.index.cache_clear()
+        bigbench.task.cache_clear()
+    from peft_bench.results.store import read_records
+
+    recs = read_records(tmp_path / "out" / "s" / "results.jsonl")
+    assert [r.status for r in recs] == ["ok", "ok"] and all(r.run.n_test == 40 for r in recs)
+    assert recs[0].run.data == {"kind": "artifact", "sha256": bigbench.ARTIFACT.sha256, "task_version": 1}
+    assert "Each example's own choices" in (tmp_path / "out" / "s" / "README.md").read_text()
