@@ -139,8 +139,12 @@ def test_installed_wheel_is_peft_bench_only(tmp_path):
         assert "site-packages" in peft_bench.__file__, peft_bench.__file__
         assert "quick" in builtin_suites(), builtin_suites()
         assert (METRICS_DIR / "accuracy" / "accuracy.py").is_file()
+        from peft_bench.results.html import CHART_JS
+        assert CHART_JS.is_file(), CHART_JS  # the report page's embedded plotting library
         load_builtin_plugins()
         assert "lora" in METHODS.names()
+        from peft_bench.core.registry import TASKS
+        assert "glue_sst2" in TASKS.names()  # task tables shipped as data (tasks/hub_benchmarks.toml)
         for name in ("bench",):
             try:
                 importlib.import_module(name)

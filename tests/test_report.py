@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -62,18 +63,21 @@ def rec(method, seed, acc, trainable, status="ok", config=None, stored=None, mem
 
 
 GOLDEN = """\
-| method                    | model   | accuracy ↑ [95% CI]      | rank   | validation accuracy   | n   | trainable params ↓   | % of total   | of which head   | stored ↓   | peak train mem ↓   | peak eval mem ↓   | train time ↓   | step time ↓   | tokens/s ↑   | MFU ↑   |
-|---------------------------|---------|--------------------------|--------|-----------------------|-----|----------------------|--------------|-----------------|------------|--------------------|-------------------|----------------|---------------|--------------|---------|
-| lora                      | m       | **0.800 [0.777, 0.824]** | 1–2    | 0.800                 | 1   | 2.00k                | 0.200%       | 10              | 7.8 KiB    | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       | 1,234        | 1.2%    |
-| prompt_tuning             | m       | **0.750 [0.683, 0.816]** | 1–2    | 0.750                 | 2   | **100**              | 0.010%       | 10              | **400 B**  | 3.0 MiB            | 1.0 MiB           | 12.5 s         | 0.250 s       | 1,234        | 1.2%    |
-| majority class (baseline) | —       | 0.600                    | —      | —                     | —   | —                    | —            | —               | —          | —                  | —                 | —              | —             | —            | —       |"""
+Same in every row: model: m; rank: 1–2; of which head: 10; peak train mem: 3.0 MiB; peak eval mem: 1.0 MiB; train time: 12.5 s; step time: 0.250 s; tokens/s: 1,234; MFU: 1.2%.
+
+| method                    | accuracy ↑ [95% CI]      | validation accuracy   | n   | trainable params ↓   | % of total   | stored ↓   |
+|---------------------------|--------------------------|-----------------------|-----|----------------------|--------------|------------|
+| lora                      | **0.800 [0.777, 0.824]** | 0.800                 | 1   | 2.00k                | 0.2%         | 7.8 KiB    |
+| prompt_tuning             | **0.750 [0.683, 0.816]** | 0.750                 | 2   | **100**              | 0.01%        | **400 B**  |
+| majority class (baseline) | 0.600                    | —                     | —   | —                    | —            | —          |"""
 
 
 def test_make_table_golden(tmp_path):
     """Seeds pool into the mean with a 95% CI over examples and seeds (the two prompt-tuning seeds
     differ by .1: a wide interval), failures are left out, and .05 between a one-seed and a
     two-seed variant is no significant difference: both rank 1-2, both bold. The smallest exact
-    count is bold; time and memory are not ranked; the baseline is the last row."""
+    count is bold; time and memory are not ranked; the baseline is the last row; columns with one
+    value in every row are stated once above the table."""
     records = [rec("prompt_tuning", 0, 0.7, 100, root=tmp_path), rec("prompt_tuning", 1, 0.8, 100, root=tmp_path),
                rec("lora", 0, 0.8, 2000, root=tmp_path), rec("lora", 1, None, 2000, status="failed", root=tmp_path)]
     assert make_table(records, "t") == GOLDEN
@@ -250,9 +254,8 @@ def test_compare_flags_significant_changes_only(tmp_path, capsys, monkeypatch):
     for name, recs in (("a", a), ("b", b)):
         for r in recs:
             append_record(tmp_path / name / "results.jsonl", r)
-    out = tmp_path / "cmp.md"
-    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    md = out.read_text()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
     lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in md.splitlines() if line.startswith("| m")}
     assert "**significant (-0.140" in lines[("m / t / lora", "accuracy")], lines[("m / t / lora", "accuracy")]
     assert "0.835" in lines[("m / t / lora", "accuracy")]
@@ -275,7 +278,7 @@ def test_report_of_an_untrained_baseline_alone(tmp_path):
     by leaving that panel out rather than failing."""
     path = write_report([rec("zero_shot", 0, 0.78, 0)], tmp_path, "t", "c")
     _, tables, images = _tables_and_images(path.read_text())
-    assert len(tables) == 2 and all((tmp_path / i).is_file() for i in images)
+    assert len(tables) == 3 and all((tmp_path / i).is_file() for i in images)  # headline, settings, the task
 
 
 def _pid_job(tag: str) -> tuple:
@@ -351,12 +354,13 @@ def test_a_task_on_two_models_with_many_methods_gets_a_section_per_model(tmp_pat
     path = write_report(records, tmp_path, "two models", "peftbench report x")
     md = path.read_text()
     _, tables, images = _tables_and_images(md)
-    assert "## t on big" in md and "## t on small" in md and len(tables) == 1 + 2
+    assert "## t on big" in md and "## t on small" in md and len(tables) == 1 + 1 + 2  # headline, settings, sections
     small = md[md.index("## t on small"):]
     big = md[md.index("## t on big"):md.index("## t on small")]
     # within each model, the methods at its best accuracy rank first; across models they would not
-    assert "| m00 " in small and re.search(r"\| m00\s+\| small\s+\| \*\*0\.700", small)
-    assert re.search(r"\| m00\s+\| big\s+\| \*\*0\.900", big)
+    # (the model is the same in every row of a section: stated once above its table)
+    assert "Same in every row: model: small" in small and re.search(r"\| m00\s+\| \*\*0\.700", small)
+    assert "Same in every row: model: big" in big and re.search(r"\| m00\s+\| \*\*0\.900", big)
     assert {"pareto_t_on_big.png", "pareto_t_on_small.png", "memory_t_on_big.png", "curves_t_on_small.png"} <= set(images)
     for src in images:
         with Image.open(tmp_path / src) as im:
@@ -424,3 +428,32 @@ def test_switch_latency_is_drawn_as_points_with_p90_whiskers(tmp_path):
     whiskers = [seg for c in ax.collections for seg in c.get_segments()]
     assert any(abs(seg[1][1] - 0.2) < 1e-9 and abs(seg[0][1] - 0.1) < 1e-9 for seg in whiskers)  # lora warm: 0.1 -> 0.2 ms
     plt.close("all")
+
+
+def test_the_headline_names_winners_ties_budgets_and_a_leaderboard(tmp_path):
+    """Best accuracy with the variants not significantly worse named beside it; the fewest
+    parameters among the variants that trained; a flagged run wins no resource axis; the budget
+    line picks the best within 1 MB stored; a second task adds the leaderboard."""
+    from peft_bench.results.headline import headline
+
+    records = lester_records(LESTER, tmp_path)
+    near = dict(LESTER)
+    near[("lora", None, None)] = (0.88, 0.90)  # tied with full fine-tuning on the same examples
+    other = [dataclasses.replace(r, run=dataclasses.replace(r.run, task="u")) for r in lester_records(near, tmp_path / "u")]
+    s = summarize(records + other)
+    secs = [("t", None, "t", "accuracy"), ("u", None, "u", "accuracy")]
+    md = "\n".join(headline(s, secs))
+    best = next(line for line in md.splitlines() if line.startswith("| best accuracy"))
+    cells = [c.strip() for c in best.split("|")[2:4]]
+    assert cells[0].startswith("full_finetune 0.890 [") and "not significantly worse" not in cells[0]
+    assert "not significantly worse: lora" in cells[1]
+    fewest = next(line for line in md.splitlines() if line.startswith("| fewest trainable params"))
+    assert "prompt_tuning (init=class_label, num_virtual_tokens=1) (576)" in fewest
+    assert "t: 1 MB: prompt_tuning (init=class_label, num_virtual_tokens=20) 0.810" in md  # lora stores more
+    assert "**Across the 2 sections**" in md and md.index("full_finetune 1.0") < md.index("prompt_tuning (init=random")
+    # a variant flagged "did not train" wins no resource axis
+    flagged = s.copy()
+    flagged.loc[flagged["trainable_params"] == 576, "did_not_train"] = "loss did not fall"
+    fewest = next(line for line in "\n".join(headline(flagged, secs)).splitlines()
+                  if line.startswith("| fewest trainable params"))
+    assert "(576)" not in fewest and "(11.52k)" in fewest

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="markdown diff of two result sets: B/A per metric, flagged beyond the spread")
     cmp.add_argument("a", help="results.jsonl (or a folder holding one): the reference")
     cmp.add_argument("b", help="results.jsonl (or a folder holding one): compared against A")
-    cmp.add_argument("--out", default=None, help="markdown file to write (default: print to standard output)")
+    cmp.add_argument("--out", default=None, metavar="DIR",
+                     help="folder to write compare.md into (default: print to standard output)")
     cmp.set_defaults(func=cmd_compare)
     ov = sub.add_parser("bench-overhead", help="the harness against a plain PyTorch + peft loop, transformers.Trainer "
                                                "and its own loop in-process, doing the same work in lockstep",
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a training setting (default: the quick suite's)")
     ov.add_argument("--suite", default=None,
                     help="instead: time `peftbench run SUITE --no-switch` against its runs' pure train + eval time")
-    ov.add_argument("--out", default=None, help="also write the markdown to this file")
+    ov.add_argument("--out", default=None, metavar="DIR", help="also write the markdown to DIR/overhead.md")
     ov.set_defaults(func=cmd_bench_overhead)
     dr = sub.add_parser("doctor", help="is this environment the locked one? (--latest: what upstream drift breaks)")
     dr.add_argument("--latest", action="store_true",

@@ -158,7 +158,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             + f"\n\nThe records come from {runs}" + (" (the stores joined with `peftbench merge`)." if len(described) > 1 else ".")
     report = write_report(records, out, f"peft-bench report: {suites[0] if len(suites) == 1 else ' + '.join(suites)}", cmd, notes=notes,
                           switch=read_json_lines(out / "switch.jsonl"), studies=studies)
-    print(f"wrote {report} ({len(records)} records; figures and summary.csv / summary.parquet beside it)")
+    print(f"wrote {report} ({len(records)} records; figures, index.html, summary.csv and summary.parquet beside it)")
     return 0
 
 
@@ -171,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not args.out:  # nothing written unasked: the diff goes to standard output
         print(text)
         return 0
-    out = Path(args.out)
+    out = Path(args.out) / "compare.md"  # --out is a folder, as for every command
     out.parent.mkdir(parents=True, exist_ok=True)
     write_whole(out, lambda f: f.write_text(text))
     print(f"wrote {out}")
@@ -207,10 +207,11 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
         parts.append(markdown(pairs, next(iter(specs.values())), args.repeats))
     text = "\n".join(parts)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}")
+    if args.out:  # a folder, as for every command
+        out = Path(args.out) / "overhead.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(out, lambda f: f.write_text(text))
+        print(f"wrote {out}")
     return 0
 
 

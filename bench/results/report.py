@@ -21,10 +21,13 @@ from tabulate import tabulate
 from peft_bench.core.paths import write_whole
 from peft_bench.interface.answers import PER_EXAMPLE
 from peft_bench.results.aggregate import summarize, varying_keys
+from peft_bench.results.headline import headline
+from peft_bench.results.tables import md_table
+from peft_bench.results.html import write_page
 from peft_bench.results.serving_tables import switch_tables
 from peft_bench.results.provenance import _header, lock_summary, memory_note, peak_note  # noqa: F401 (lock_summary: re-exported)
 from peft_bench.results.store import ResultRecord
-from peft_bench.results.units import fmt_bytes, fmt_count, fmt_ms, fmt_s
+from peft_bench.results.units import fmt_bytes, fmt_count, fmt_ms, fmt_pct, fmt_s
 
 
 def _num(x) -> float | None:
@@ -59,8 +62,9 @@ def _columns(metric_names: tuple[str, ...], with_switch: bool, with_forgetting: 
         ("rank", "rank_low", None, None),
         (f"validation {metric_names[0]}", f"val_{metric_names[0]}", lambda v: f"{v:.3f}", None),
         ("n", "n", lambda v: f"{int(v)}", None),
+        ("lr", "lr", lambda v: f"{v:.0e}".replace("e-0", "e-"), None),
         ("trainable params ↓", "trainable_params", fmt_count, "min"),
-        ("% of total", "pct_trainable", lambda v: f"{v:.3f}%", None),
+        ("% of total", "pct_trainable", fmt_pct, None),
         ("of which head", "trainable_head_params", fmt_count, None),
         ("stored ↓", "stored_bytes", fmt_bytes, "min"),
         ("peak train mem ↓", "peak_mem_train_bytes", fmt_bytes, None),
@@ -88,8 +92,9 @@ def make_table(records: list[ResultRecord], task: str, metric_names: tuple[str, 
 def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> str:
     if summary.empty:
         return "_no successful runs_"
-    cols = _columns(metric_names, with_switch=bool(summary["warm_switch_s"].notna().any()),
-                    with_forgetting=bool(summary["forgetting"].notna().any()))
+    # switch latencies are per model and set of tasks: they are in the Task switching table, once
+    cols = _columns(metric_names, with_switch=False, with_forgetting=bool(summary["forgetting"].notna().any()))
+    summary = summary.assign(lr=summary["config"].map(lambda c: (c or {}).get("lr") if isinstance(c, dict) else None))
     # the smallest exact count, as displayed: values that print the same are tied and all marked
     best = {title: fmt(summary[col].min()) for title, col, fmt, how in cols
             if how == "min" and len(summary) > 1 and summary[col].notna().any()}
@@ -109,13 +114,15 @@ def table_from_summary(summary: pd.DataFrame, metric_names: tuple[str, ...]) -> 
                 bold = v is not None and best.get(title) == cell
             row[title] = f"**{cell}**" if bold else cell
         rows.append(row)
+    extra = []
     base = summary["majority_accuracy"].dropna()
     if len(base):
         row = {k: "—" for k in rows[0]}
         first = next(t for t, col, _, _ in cols if col in metric_names)
         row.update({"method": "majority class (baseline)", first: f"{base.iloc[0]:.3f}"})
-        rows.append(row)
-    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+        extra.append(row)
+    fixed = {"method"} | {t for t, col, _, _ in cols if col in metric_names}
+    return md_table(rows, keep=fixed, extra=extra)
 
 
 def _notes(rows: pd.DataFrame, metric: str) -> list[str]:
@@ -134,8 +141,7 @@ def _notes(rows: pd.DataFrame, metric: str) -> list[str]:
                 table.append({"variant": r["label"], "trial": ", ".join(f"{k}={v}" for k, v in t["values"].items()),
                               f"validation {metric}": f"{t[f'validation {metric}']:.3f}", "seeds": t["seeds"],
                               "chosen": "**chosen**" if t["chosen"] else ""})
-        out += [tabulate(pd.DataFrame(table), headers="keys", tablefmt="github", showindex=False,
-                         disable_numparse=True), ""]
+        out += [md_table(table, keep=("variant", "trial", f"validation {metric}", "chosen")), ""]
     return out
 
 
@@ -216,6 +222,14 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
     export_summary(summary, out_dir)
     lines = [f"# {title}", ""]
     jobs: list[tuple[int, list]] = []  # (where in `lines` their links go, figures)
+    sections = []  # (task, model, title, spec)
+    for task, model in _sections(records):
+        defs = [r.run.task_def for r in records if r.run.task == task and r.run.task_def]
+        spec = task_for(task, defs[0]) if defs else TASKS.get(task) if task in TASKS else None
+        sections.append((task, model, task if model is None else f"{task} on {model}", spec))
+    by_metric = [(t, m, ti, sp.metrics[0] if sp else "accuracy") for t, m, ti, sp in sections]
+    lines += headline(summary, by_metric)
+    write_page(summary, ok, by_metric, out_dir, title)
     if notes:
         lines += [notes, ""]
     lines += _header(records, command)
@@ -238,14 +252,11 @@ def write_report(records: list[ResultRecord], out_dir: Path, title: str, command
         "positive = worse (24 fixed news articles, up to 128 tokens each: `engine/forgetting.py`). Time and memory have no interval here and are not "
         "ranked. **did not train**: a run whose loss did not fall by 5%, or whose validation accuracy never "
         "rose above the majority class by two standard errors (`results/aggregate.py: training_problem`).", ""]
-    for task, model in _sections(records):
-        defs = [r.run.task_def for r in records if r.run.task == task and r.run.task_def]
-        spec = task_for(task, defs[0]) if defs else TASKS.get(task) if task in TASKS else None
+    for task, model, title, spec in sections:
         names = spec.metrics if spec else ("accuracy",)
         rows = summary[summary["task"] == task] if not summary.empty else summary
         if model is not None:  # a task run on several models: one section (ranks, figures) per model
             rows = rows[rows["model"] == model]
-        title = task if model is None else f"{task} on {model}"
         lines += [f"## {title}", ""]
         if spec:
             lines += [f"{spec.description.rstrip('.')}. {spec.answer_rule()}", ""]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 import pandas as pd
-from tabulate import tabulate
+from peft_bench.results.tables import md_table
 
 from peft_bench.results.aggregate import latest_switch
 from peft_bench.results.units import fmt_ms, fmt_bytes
@@ -52,8 +52,8 @@ def switch_tables(switch: list[dict]) -> str:
             f"one block). Full fine-tuning holds one full model per task. Memory: resident memory of the base model "
             f"plus all tasks' artifacts over the process before loading ({first['serving_mem_kind']}; every "
             f"loaded weight made resident, so never less than the base weights).\n\n")
-    table = tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-    t2 = tabulate(pd.DataFrame(tput), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    table = md_table(rows, keep=("method",))
+    t2 = md_table(tput, keep=("method",))
     tp = first.get("throughput", {})
     serving = ("## Serving throughput\n\nA stream of "
                f"{tp.get('requests', '')} requests alternating between the tasks, in batches of "

@@ -31,3 +31,14 @@ def fmt_ms(x: float | None) -> str:
 
 def fmt_flops(x: float | None) -> str:
     return "—" if x is None else f"{x / 1e12:.2f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"
+
+
+def fmt_pct(v: float | None) -> str:
+    """A percentage with the digits that matter: 100%, 5.41%, 0.037%, 0.0025%."""
+    if v is None:
+        return "—"
+    if v == 0:
+        return "0%"
+    if v >= 1:
+        return f"{v:.3g}%"
+    return f"{v:.2g}%" if v >= 1e-4 else f"{v:.1e}%"

@@ -28,6 +28,7 @@ import pandas as pd
 
 from peft_bench.results import stats
 from peft_bench.results.aggregate import compare_pair
+from peft_bench.results.tables import md_table
 
 MARGIN = 0.01  # accuracy points (as a fraction) a "≥" or "little gain" claim tolerates
 ORDER = 10
@@ -258,8 +259,6 @@ def check_claims(summary: pd.DataFrame, metric: str = "accuracy") -> list[Claim]
 
 def report_section(summary: pd.DataFrame, metric: str = "accuracy") -> str:
     """The report section of this study: every claim's verdict on the runs of ``summary``."""
-    from tabulate import tabulate
-
     claims = check_claims(summary, metric)
     if not claims:
         return ""
@@ -273,5 +272,4 @@ def report_section(summary: pd.DataFrame, metric: str = "accuracy") -> str:
              "in each row. The paper trained T5 models of up to 11B parameters for 30,000 steps; a claim that does not "
              "hold here may hold there.")
     return ("## Claims of Lester et al. (2021), checked on these runs\n\n" + RULE + "\n\n" + scope + "\n\n"
-            + tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-            + "\n")
+            + md_table(rows, keep=("claim", "verdict", "numbers")) + "\n")
