@@ -43,7 +43,7 @@ _EXPORTS = {
     "unfreeze_head": "interface.method", "all_parameters": "interface.method",
     "assert_safetensors_only": "interface.method",
     "PeftMethod": "interface.peft", "VirtualTokenConfig": "interface.peft", "task_type": "interface.peft",
-    "prompt_bank_forward": "interface.peft", "heads_routed": "interface.peft",
+    "prompt_bank_forward": "interface.peft", "prefix_bank_forward": "interface.peft", "heads_routed": "interface.peft",
     # ... tasks and their data
     "TaskSpec": "interface.task", "TaskDataError": "interface.task", "PackageArtifact": "assets.artifacts",
     "tasks_from_file": "interface.task_table", "fetch": "assets.artifacts", "cache_dir": "assets.artifacts", "write_whole": "core.paths",

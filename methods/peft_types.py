@@ -22,14 +22,14 @@ import types
 import typing
 from typing import Any, ClassVar
 
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig, PeftModel, PeftType
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 import torch
 from torch import nn
 
 from peft_bench import (
-    METHODS, ConfigError, assert_safetensors_only, MethodConfig, MixedBatchUnsupported, ModelContext, PeftMethod, heads_routed, opt, task_type,
+    METHODS, ConfigError, assert_safetensors_only, MethodConfig, MixedBatchUnsupported, ModelContext, PeftMethod, heads_routed, opt, prefix_bank_forward, task_type,
 )
 
 # the types whose hand-written method is the reference implementation (methods/<name>.py)
@@ -201,6 +201,8 @@ class GenericPeftMethod(PeftMethod):
         return model
 
     def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
+        if isinstance(model, PeftModel) and model.peft_config[model.active_adapter].peft_type == PeftType.CARTRIDGE:
+            return prefix_bank_forward(model, input_ids, attention_mask, list(adapter_names))  # a prefix cache per row
         if isinstance(model, PeftModel) and _routes_rows(model):
             # peft routes the adapted layers' rows; the task heads (encoders) are routed here, as
             # peft's LoRA path does for itself (GLoRA and RoAd leave them to the active adapter)

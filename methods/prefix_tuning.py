@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from peft import PrefixTuningConfig as PeftPrefixTuningConfig
 
-from peft_bench import ModelContext, PeftMethod, VirtualTokenConfig, opt, register_method, task_type
+from peft_bench import ModelContext, PeftMethod, VirtualTokenConfig, opt, prefix_bank_forward, register_method, task_type
 
 
 @dataclass
@@ -30,8 +30,4 @@ class PrefixTuningMethod(PeftMethod):
                                       encoder_hidden_size=c.encoder_hidden_size)
 
     def forward_mixed(self, model, input_ids, attention_mask, adapter_names):
-        from peft_bench.interface.method import MixedBatchUnsupported
-
-        raise MixedBatchUnsupported(
-            "prefix_tuning: a mixed-task batch needs a per-row key/value prefix in every layer's cache; "
-            "peft builds one prefix cache per batch and silently ignores `adapter_names`. Serve one task per batch.")
+        return prefix_bank_forward(model, input_ids, attention_mask, adapter_names)

@@ -25,10 +25,8 @@ BUILTIN = [  # (method, model, method_config, regex of parameter names that must
     ("prompt_tuning", "tiny-llama", {"init": "text", "num_virtual_tokens": 4}, PEFT_TRAINABLE, MIXES),
     ("prompt_tuning", "tiny-bert", {"init": "sample_vocab"}, PEFT_TRAINABLE, MIXES),
     ("prompt_tuning", "tiny-llama", {"init": "sample_frequent"}, PEFT_TRAINABLE, MIXES),
-    ("prefix_tuning", "tiny-bert", {"projection": True}, PEFT_TRAINABLE,
-     r"per-row key/value prefix .* silently ignores `adapter_names`"),
-    ("prefix_tuning", "tiny-llama", {"projection": False}, PEFT_TRAINABLE,
-     r"per-row key/value prefix .* silently ignores `adapter_names`"),
+    ("prefix_tuning", "tiny-bert", {"projection": True}, PEFT_TRAINABLE, MIXES),  # per-row prefixes from a bank
+    ("prefix_tuning", "tiny-llama", {"projection": False}, PEFT_TRAINABLE, MIXES),
     ("p_tuning", "tiny-bert", {}, PEFT_TRAINABLE, MIXES),
     ("p_tuning", "tiny-llama", {}, PEFT_TRAINABLE, MIXES),
     ("lora", "tiny-bert", {}, PEFT_TRAINABLE, MIXES),
@@ -46,7 +44,7 @@ LORA_VARIANTS = [  # peft's LoRA variants through lora's config
 ]
 # sizes peft's defaults set for wider layers than the tiny models' (64 wide)
 TINY_CONFIGS = {"shira": {"r": 4}, "waveft": {"n_frequency": 100}}
-ROUTED_BY_PEFT = {"glora", "road"}  # peft routes rows by `adapter_names`; the others are refused
+ROUTED_BY_PEFT = {"glora", "road", "cartridge"}  # rows routed: by peft (adapter_names), or a prefix cache per row (cartridge)
 
 
 def _peft_cases():

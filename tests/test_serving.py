@@ -17,6 +17,35 @@ def test_unknown_adapter_in_a_mixed_batch_is_named(tmp_path):
         method.forward_mixed(served, ids, mask, ["a", "zzz", "c", "a", "b", "c"])
 
 
+@pytest.mark.parametrize("method_name", ["prompt_tuning", "prefix_tuning"])
+def test_the_bank_is_built_once_and_rebuilt_when_a_prompt_changes(method_name, tmp_path):
+    """Mixed batches gather rows from a bank of the loaded prompts (prefixes) built once; a prompt
+    changed in place is seen by the next batch (each row equals it served alone), and reloading a
+    name drops its entry."""
+    from peft_bench.interface.peft import BANK
+
+    run, method, served = three_task_server(method_name, "tiny-llama", tmp_path)
+    ids, mask, _ = rows_of_different_lengths(run)
+    names = ["a", "b", "c", "a", "b", "c"]
+    with torch.inference_mode():
+        first = method.forward_mixed(served, ids, mask, names).logits
+        kept = {n: getattr(served, BANK)[n][1] for n in "abc"}
+        again = method.forward_mixed(served, ids, mask, names).logits
+        assert all(getattr(served, BANK)[n][1] is kept[n] for n in "abc") and torch.equal(first, again)
+    with torch.no_grad():
+        next(served.prompt_encoder["b"].parameters()).add_(0.5)  # task b's prompt changes in place
+    with torch.inference_mode():
+        mixed = method.forward_mixed(served, ids, mask, names).logits
+        assert getattr(served, BANK)["b"][1] is not kept["b"] and getattr(served, BANK)["a"][1] is kept["a"]
+        method.activate(served, "b")
+        alone = served(input_ids=ids[1:2], attention_mask=mask[1:2]).logits
+    n = int(mask[1].sum())
+    torch.testing.assert_close(mixed[1, -ids.shape[1]:][:n], alone[0, -ids.shape[1]:][:n], atol=1e-5, rtol=0)
+    assert not torch.allclose(mixed[1], first[1])
+    method.unload(served, "c")
+    assert "c" not in getattr(served, BANK)
+
+
 FORWARD_S = 0.01  # every forward of the base model is made this much slower (a real sleep, in a hook)
 
 
@@ -66,7 +95,7 @@ def test_switch_measurement_and_throughput_on_a_tiny_model(method_name, tmp_path
     stream = [(t, run.test_dl.dataset[i]) for i in range(12) for t in "abc"]
     tp = measure_throughput(method, res["model"], stream, run.ctx.tokenizer.pad, 6, torch.device("cpu"), repeats=1)
     assert tp["single_task_examples_per_s"] > 0 and tp["grouped_examples_per_s"] > 0
-    if method_name in ("prefix_tuning", "full_finetune"):
+    if method_name == "full_finetune":  # one forward runs one full set of weights
         assert tp["mixed_examples_per_s"] is None and "mixed_unsupported" in tp
     else:
         assert tp["mixed_examples_per_s"] > 0 and tp["mixed_over_single"] > 0

@@ -60,6 +60,7 @@ class PeftMethod(Method):
 
     def load(self, model: nn.Module, path: Path, ctx: ModelContext, name: str) -> nn.Module:
         assert_safetensors_only(path)
+        forget_banked(model, name)
         if isinstance(model, PeftModel):
             model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:
@@ -71,6 +72,7 @@ class PeftMethod(Method):
         return model
 
     def unload(self, model: nn.Module, name: str) -> nn.Module:
+        forget_banked(model, name)
         model.delete_adapter(name)
         return model
 
@@ -96,19 +98,7 @@ def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_nam
     peft builds it for one adapter; task heads (encoders) are routed per row by peft's own
     ``ModulesToSaveWrapper`` mixed-batch path.
     """
-    unknown = sorted(set(adapter_names) - set(model.peft_config))
-    if unknown:
-        raise UnknownName(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
-    if len(adapter_names) != input_ids.shape[0]:
-        raise ValueError(f"`adapter_names` must have one name per row ({input_ids.shape[0]}), got {len(adapter_names)}.")
-    active = model.active_adapter
-    bank = {}
-    try:
-        for name in dict.fromkeys(adapter_names):
-            model.set_adapter(name)
-            bank[name] = model.get_prompt(batch_size=1)[0]
-    finally:
-        model.set_adapter(active)
+    bank = banked(model, _check_names(model, input_ids, adapter_names), lambda m: m.get_prompt(batch_size=1)[0])
     lengths = {n: p.shape[0] for n, p in bank.items()}
     if len(set(lengths.values())) > 1:
         raise MixedBatchUnsupported(f"prompts of different lengths cannot share a batch: {lengths}.")
@@ -118,6 +108,90 @@ def prompt_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_nam
                       attention_mask], dim=1)
     with heads_routed(model, adapter_names):
         return model.get_base_model()(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=mask)
+
+
+def prefix_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_names: list[str]):
+    """One forward in which row i gets adapter ``adapter_names[i]``'s key/value prefix in every layer.
+
+    peft builds one prefix cache per batch from the active adapter and ignores ``adapter_names``.
+    Here each loaded adapter's prefix cache is built once (peft's own ``get_prompt``, so every
+    model type's layout and post-processing are peft's), its per-layer keys and values are
+    stacked into a bank, and row i gathers its adapter's slice into the batch's cache; the
+    prefix positions are prepended to the attention mask, as peft does for one adapter. Task
+    heads are routed per row as for prompts.
+    """
+    from transformers import DynamicCache
+
+    names = _check_names(model, input_ids, adapter_names)
+    layers = banked(model, names, lambda m: _layers(m.get_prompt(batch_size=1)))
+    lengths = {n: ls[0][0].shape[-2] for n, ls in layers.items()}
+    if len(set(lengths.values())) > 1:
+        raise MixedBatchUnsupported(f"prefixes of different lengths cannot share a batch: {lengths}.")
+    index = torch.tensor([names.index(n) for n in adapter_names], device=input_ids.device)
+    per_layer = []
+    for i in range(len(layers[names[0]])):
+        k = torch.cat([layers[n][i][0] for n in names])  # (adapters, heads, V, head_dim): the bank
+        v = torch.cat([layers[n][i][1] for n in names])
+        per_layer.append((k.index_select(0, index), v.index_select(0, index)))
+    v_len = next(iter(lengths.values()))
+    mask = torch.cat([torch.ones(input_ids.shape[0], v_len, dtype=attention_mask.dtype, device=attention_mask.device),
+                      attention_mask], dim=1)
+    with heads_routed(model, adapter_names):
+        return model.get_base_model()(input_ids=input_ids, attention_mask=mask,
+                                      past_key_values=DynamicCache(ddp_cache_data=per_layer))
+
+
+BANK = "_peft_bench_bank"  # attribute of a PeftModel: adapter name -> (key, its prompt or prefix)
+
+
+def banked(model: PeftModel, names: list[str], build) -> dict:
+    """Per adapter, ``build(model)`` with that adapter active: its prompt (or prefix cache), built
+    once and kept on the model while serving, so a mixed batch gathers rows from a ready bank
+    instead of switching adapters. Rebuilt when one of the adapter's prompt-encoder parameters
+    changed in place (torch's version counter) and after ``load`` / ``unload`` of that name
+    (``forget_banked``); never kept while gradients are recorded (it would hold the graph)."""
+    keep = not torch.is_grad_enabled()
+    store = model.__dict__.setdefault(BANK, {})
+    out, missing = {}, []
+    for n in names:
+        key = (torch.is_inference_mode_enabled(), tuple(p._version for p in model.prompt_encoder[n].parameters()))
+        hit = store.get(n)
+        if keep and hit is not None and hit[0] == key:
+            out[n] = hit[1]
+        else:
+            missing.append((n, key))
+    if missing:
+        active = model.active_adapter
+        try:
+            for n, key in missing:
+                model.set_adapter(n)
+                out[n] = build(model)
+                if keep:
+                    store[n] = (key, out[n])
+        finally:
+            model.set_adapter(active)
+    return out
+
+
+def forget_banked(model: nn.Module, name: str) -> None:
+    getattr(model, BANK, {}).pop(name, None)
+
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a prefix cache as peft builds it (a transformers Cache or a tuple)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(kv[0], kv[1]) for kv in cache]
+
+
+def _check_names(model: PeftModel, input_ids, adapter_names: list[str]) -> list[str]:
+    """The distinct loaded adapters ``adapter_names`` names, in first-seen order (one per row)."""
+    unknown = sorted(set(adapter_names) - set(model.peft_config))
+    if unknown:
+        raise UnknownName(f"unknown adapter(s) {unknown}; loaded: {sorted(model.peft_config)}.")
+    if len(adapter_names) != input_ids.shape[0]:
+        raise ValueError(f"`adapter_names` must have one name per row ({input_ids.shape[0]}), got {len(adapter_names)}.")
+    return list(dict.fromkeys(adapter_names))
 
 
 @contextlib.contextmanager
