@@ -111,3 +111,43 @@ def test_percentile_is_the_nearest_rank(n):
     xs = [float(x) for x in np.random.default_rng(n).permutation(n) * 1.5]
     for q in (50, 90, 99, 100):
         assert percentile(xs, q) == float(np.percentile(xs, q, method="inverted_cdf")), (n, q)
+
+
+def test_task_streams_follow_their_popularity_law():
+    from peft_bench.serving.scale import task_stream
+
+    examples = [{"input_ids": [i]} for i in range(10)]
+    zipf = [t for t, _ in task_stream(16, examples, "zipf", 4000)]
+    uniform = [t for t, _ in task_stream(16, examples, "uniform", 4000)]
+    share = lambda s, t: s.count(t) / len(s)  # noqa: E731
+    h16 = sum(1 / k for k in range(1, 17))
+    assert abs(share(zipf, "t00") - 1 / h16) < 0.03 and abs(share(zipf, "t15") - 1 / 16 / h16) < 0.01
+    assert all(abs(share(uniform, f"t{k:02d}") - 1 / 16) < 0.02 for k in range(16))
+    assert task_stream(16, examples, "zipf", 50) == task_stream(16, examples, "zipf", 50)  # seeded
+    with pytest.raises(ValueError, match="unknown popularity law 'pareto'; valid: uniform, zipf"):
+        task_stream(4, examples, "pareto", 10)
+
+
+@pytest.mark.slow
+def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path):
+    """The command end to end on a tiny model: a row per (method, N, law) with the three serving
+    modes; full fine-tuning has no mixed path and its latency is the grouped path's; memory above
+    the base grows with N."""
+    import json
+
+    from peft_bench.cli import main
+
+    assert main(["serve-bench", "--methods", "prompt_tuning,full_finetune", "--model", "tiny-llama", "--task", "dummy",
+                 "--ns", "1,3", "--requests", "24", "--batch-size", "6", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "serving.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["n_tasks"], r["law"]) for r in rows] == [
+        (m, n, law) for m in ("prompt_tuning", "full_finetune") for n in (1, 3) for law in ("uniform", "zipf")]
+    pt = [r for r in rows if r["method"] == "prompt_tuning"]
+    assert all(r["mixed_over_single"] > 0 and r["latency_path"] == "mixed" for r in pt)
+    ft = [r for r in rows if r["method"] == "full_finetune"]
+    assert all(r["mixed_over_single"] is None and r["latency_path"] == "grouped" for r in ft)
+    # three full copies of the weights cost more than one
+    assert ft[-1]["memory_above_base_bytes"] > ft[0]["memory_above_base_bytes"]
+    assert [r["distinct_tasks"] for r in pt] == [1, 1, 3, 3]
+    md = (tmp_path / "README.md").read_text()
+    assert "## prompt_tuning" in md and "## full_finetune" in md and (tmp_path / "throughput.png").is_file()

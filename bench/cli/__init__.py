@@ -3,6 +3,7 @@
     peftbench list                       # methods, tasks, models, suites (one line each)
     peftbench list --configs             # plus every method's config fields
     peftbench list --tasks bigbench      # BIG-bench's JSON tasks (bigbench:NAME), size, choices, kind
+    peftbench serve-bench --out reports/serving   # N task artifacts on one base model, uniform / Zipf streams
     peftbench run                        # the default suite ("quick") -> results/quick/
     peftbench run lester --set steps=50  # a built-in suite or a suite.toml, with train overrides
     peftbench report results/quick --out reports/quick   # README.md + PNG figures
@@ -23,7 +24,7 @@ import os
 import sys
 
 from peft_bench.cli.commands import (DEFAULT_SUITE, cmd_bench_overhead, cmd_compare, cmd_doctor, cmd_list,
-                                     cmd_merge, cmd_report, cmd_run, cmd_switch)
+                                     cmd_merge, cmd_report, cmd_run, cmd_serve_bench, cmd_switch)
 from peft_bench.core.config import ConfigError, TrainConfig, UnknownName, describe
 
 
@@ -105,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("sources", nargs="+", help="results.jsonl files or folders holding one")
     mg.add_argument("--out", required=True, help="folder of the merged results.jsonl (records there are kept)")
     mg.set_defaults(func=cmd_merge)
+    sb = sub.add_parser("serve-bench", help="serving at scale: N task artifacts on one base model, uniform and Zipf streams")
+    sb.add_argument("--methods", default="prompt_tuning,prefix_tuning,lora", help="comma-separated methods")
+    sb.add_argument("--model", default="minilm")
+    sb.add_argument("--task", default="sentiment")
+    sb.add_argument("--ns", default="1,4,16,64", help="numbers of loaded tasks, comma-separated")
+    sb.add_argument("--requests", type=int, default=256, help="requests per stream")
+    sb.add_argument("--batch-size", type=int, default=16)
+    sb.add_argument("--repeats", type=int, default=3, help="best of this many passes per serving mode")
+    sb.add_argument("--out", default="results/serving", metavar="DIR", help="folder of serving.jsonl, README.md and the figure")
+    sb.add_argument("--report", metavar="DIR", help="only rewrite DIR's README.md and figure from its serving.jsonl")
+    sb.set_defaults(func=cmd_serve_bench)
     sw = sub.add_parser("switch", help="measure task switching and serving on a suite's saved artifacts (no retraining)")
     sw.add_argument("results", help="results.jsonl, or a folder holding one (its artifacts must still be on disk)")
     sw.add_argument("--repeats", type=int, default=20, help="measured repeats per ordered task pair (after warm-up)")

@@ -178,6 +178,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    from peft_bench.core.registry import load_builtin_plugins
+    from peft_bench.serving.scale_report import rewrite_report, run_scale
+
+    if args.report:
+        print(f"wrote {rewrite_report(Path(args.report))}")
+        return 0
+    load_builtin_plugins()
+    try:
+        ns = tuple(sorted({int(x) for x in args.ns.split(",")}))
+    except ValueError:
+        raise SystemExit(f"peftbench: error: --ns must be comma-separated integers, got {args.ns!r}.") from None
+    if not ns or ns[0] < 1:
+        raise SystemExit(f"peftbench: error: --ns must be at least 1, got {args.ns!r}.")
+    report = run_scale([m.strip() for m in args.methods.split(",") if m.strip()], args.model, args.task, Path(args.out),
+                       ns=ns, requests=args.requests, batch_size=args.batch_size, repeats=args.repeats,
+                       log=lambda m: print(m, flush=True))
+    print(f"wrote {report} (serving.jsonl and throughput.png beside it)")
+    return 0
+
+
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
     from peft_bench.studies.overhead import LOCKSTEPS, PLAIN_METHODS, markdown, measure, suite_overhead
     from peft_bench.core.spec import RunSpec
