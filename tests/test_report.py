@@ -457,3 +457,27 @@ def test_the_headline_names_winners_ties_budgets_and_a_leaderboard(tmp_path):
     fewest = next(line for line in "\n".join(headline(flagged, secs)).splitlines()
                   if line.startswith("| fewest trainable params"))
     assert "(576)" not in fewest and "(11.52k)" in fewest
+
+
+def test_a_category_grid_is_drawn_as_points_not_bars(tmp_path):
+    """The init grid's y axis starts near the scores: bars there would mislead by their length, so
+    each setting is a point with its CI."""
+    import matplotlib.pyplot as plt
+
+    from peft_bench.results import plots
+
+    s = summarize(lester_records(LESTER, tmp_path))
+    drawn = []
+    real_save = plots._save
+    plots._save = lambda fig, out, name, rect=(0, 0, 1, 1): drawn.append(fig) or real_save(fig, out, name, rect)
+    try:
+        names = plots.grid_plots(s[s["method"] == "prompt_tuning"], {"prompt_tuning": ["init", "num_virtual_tokens"]},
+                                 "accuracy", tmp_path, "t")
+    finally:
+        plots._save = real_save
+    assert names and drawn
+    for fig in drawn:
+        for ax in fig.axes:
+            assert not ax.patches, "a grid figure draws bars"
+            assert ax.get_ylabel() and ax.get_xlabel()
+    plt.close("all")

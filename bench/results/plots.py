@@ -336,7 +336,7 @@ def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str
                task: str) -> list[str]:
     """For each grid axis of each method: the metric against that axis, one series per setting of
     the method's other varying fields (a series needs two points). Numeric axes are lines (log x
-    when they span 20x or more), others bars; error bars are the spread."""
+    when they span 20x or more), others points at each category; error bars are the spread."""
     names = []
     for method, keys in sorted(varying.items()):
         rows = summary[summary["method"] == method]
@@ -358,9 +358,10 @@ def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str
                 if numeric:
                     ax.errorbar([r["config"][axis] for r in pts], y, yerr=err, marker="o", capsize=3, label=name)
                 else:
-                    w = 0.8 / len(series)
-                    ax.bar([j + (i - (len(series) - 1) / 2) * w for j in range(len(pts))], y, w, yerr=err, capsize=3,
-                           label=name)
+                    # points, not bars: the y axis starts near the scores, and a bar's length would mislead
+                    w = 0.6 / len(series)
+                    ax.errorbar([j + (i - (len(series) - 1) / 2) * w for j in range(len(pts))], y, yerr=err, fmt="o",
+                                capsize=3, label=name)
                     ax.set_xticks(range(len(pts)), [str(r["config"].get(axis)) for r in pts])
             if numeric:
                 xs = [r["config"][axis] for v in series.values() for r in v]
@@ -371,7 +372,13 @@ def grid_plots(summary: pd.DataFrame, varying: dict[str, list[str]], metric: str
                 ax.set_ylim(bottom=max(0.0, lo if not math.isnan(lo) else 0.0))
             base = summary["majority_accuracy"].dropna()
             if len(base) and metric == "accuracy":
-                ax.axhline(base.iloc[0], color="grey", linestyle=":", label="majority class")
+                lo_y, hi_y = ax.get_ylim()
+                if lo_y <= base.iloc[0] <= hi_y:  # a line off the axis gets no legend entry: it says so instead
+                    ax.axhline(base.iloc[0], color="grey", linestyle=":", label="majority class")
+                    ax.set_ylim(lo_y, hi_y)
+                else:
+                    ax.text(0.99, 0.02, f"majority class {base.iloc[0]:.3f}: below the axis", transform=ax.transAxes,
+                            ha="right", va="bottom", fontsize=8, color="grey")
             ax.set_xlabel(axis)
             ax.set_ylabel(metric)
             ax.set_title(f"{task}: {method}, {metric} by {axis}", fontsize=10)
