@@ -44,6 +44,7 @@ _EXPORTS = {
     "assert_safetensors_only": "interface.method",
     "PeftMethod": "interface.peft", "VirtualTokenConfig": "interface.peft", "task_type": "interface.peft",
     "prompt_bank_forward": "interface.peft", "prefix_bank_forward": "interface.peft", "heads_routed": "interface.peft",
+    "lora_bank_forward": "interface.lora_bank", "peft_mixed_forward": "interface.lora_bank",
     # ... tasks and their data
     "TaskSpec": "interface.task", "TaskDataError": "interface.task", "PackageArtifact": "assets.artifacts",
     "tasks_from_file": "interface.task_table", "fetch": "assets.artifacts", "cache_dir": "assets.artifacts", "write_whole": "core.paths",

@@ -10,8 +10,8 @@ from typing import Literal
 from peft import LoraConfig as PeftLoraConfig
 
 from peft_bench import (
-    ConfigError, MethodConfig, MixedBatchUnsupported, ModelContext, PeftMethod, check, opt, register_method,
-    task_type,
+    ConfigError, MethodConfig, MixedBatchUnsupported, ModelContext, PeftMethod, check, lora_bank_forward, opt,
+    peft_mixed_forward, register_method, task_type,
 )
 
 
@@ -84,5 +84,12 @@ class LoraMethod(PeftMethod):
         if self.config.use_dora:
             raise MixedBatchUnsupported("peft does not route rows to DoRA adapters (\"Cannot pass `adapter_names` "
                                         "when DoRA is enabled\")")
-        # peft routes LoRA per row exactly (inference only), task heads included
-        return model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=list(adapter_names))
+        # each row's update gathered from a bank of the loaded adapters (peft's loop where the bank
+        # cannot represent them exactly); task heads routed per row by peft
+        return lora_bank_forward(model, input_ids, attention_mask, adapter_names)
+
+    def forward_mixed_reference(self, model, input_ids, attention_mask, adapter_names):
+        """peft's own mixed batch (a loop over the batch's adapters in every layer), for comparison."""
+        if self.config.use_dora:
+            return self.forward_mixed(model, input_ids, attention_mask, adapter_names)  # (refused alike)
+        return peft_mixed_forward(model, input_ids, attention_mask, adapter_names)

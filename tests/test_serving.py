@@ -46,6 +46,76 @@ def test_the_bank_is_built_once_and_rebuilt_when_a_prompt_changes(method_name, t
     assert "c" not in getattr(served, BANK)
 
 
+def _same_rows(method, served, ids, mask, names, mixed):
+    """Each row of ``mixed`` equals that row served alone by its own adapter (all positions of a
+    causal LM; right padding)."""
+    for i, name in enumerate(names):
+        n = int(mask[i].sum())
+        method.activate(served, name)
+        alone = served(input_ids=ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n]).logits
+        torch.testing.assert_close(mixed[i, :n], alone[0], atol=1e-5, rtol=0)
+
+
+def test_lora_rows_gather_from_a_bank_that_is_the_adapters_storage(tmp_path):
+    """LoRA's mixed batch gathers each row's A and B from per-layer banks: the adapters' weights
+    are re-pointed into them (no second copy), an in-place change of a weight is served at once,
+    and unloading and reloading a name rebuilds the bank; every row equals it served alone and
+    peft's own loop."""
+    from peft_bench.interface.lora_bank import BANK
+    from peft_bench.serving.scale import live_tensor_bytes
+
+    run, method, served = three_task_server("lora", "tiny-llama", tmp_path)
+    ids, mask, _ = rows_of_different_lengths(run)
+    names = ["a", "b", "c", "b", "a", "c"]
+    lora = [p for n, p in served.named_parameters() if "lora_" in n]
+    before = live_tensor_bytes(torch.device("cpu"))
+    with torch.inference_mode():
+        method.forward_mixed(served, ids, mask, names)  # builds the banks
+    grown = live_tensor_bytes(torch.device("cpu")) - before
+    assert grown < 0.1 * sum(p.nbytes for p in lora), f"the bank copied the adapters: +{grown} bytes"
+    banks = getattr(served, BANK)[2]
+    assert len(banks) == sum(1 for n, _ in served.named_parameters() if ".lora_A.a." in n)
+    storages = {b.untyped_storage().data_ptr() for _, a, b_, _s in banks for b in (a, b_)}
+    assert {p.untyped_storage().data_ptr() for p in lora} <= storages  # the bank is the weights' storage
+    with torch.inference_mode():
+        mixed = method.forward_mixed(served, ids, mask, names).logits
+        reference = method.forward_mixed_reference(served, ids, mask, names).logits
+    torch.testing.assert_close(mixed, reference, atol=1e-5, rtol=0)
+    with torch.inference_mode():
+        _same_rows(method, served, ids, mask, names, mixed)
+    with torch.no_grad():
+        next(p for n, p in served.named_parameters() if ".lora_B.b." in n).add_(0.5)  # task b changes in place
+    with torch.inference_mode():
+        changed = method.forward_mixed(served, ids, mask, names).logits
+        assert not torch.allclose(changed[1], mixed[1]) and torch.equal(changed[0], mixed[0])
+        _same_rows(method, served, ids, mask, names, changed)
+    served = method.unload(served, "c")
+    served = method.load(served, tmp_path / "a", run.ctx, "c")  # c now holds a's weights
+    with torch.inference_mode():
+        _same_rows(method, served, ids, mask, names, method.forward_mixed(served, ids, mask, names).logits)
+
+
+def test_lora_adapters_of_different_ranks_take_peft_s_loop(tmp_path):
+    """A bank holds one rank: adapters of different ranks are served by peft's loop, still per row."""
+    from peft_bench.engine.prepare import prepare
+    from peft_bench.interface.lora_bank import _bank
+    from peft_bench.testing import tiny_spec
+
+    run, method, served = three_task_server("lora", "tiny-llama", tmp_path)
+    other = prepare(tiny_spec("lora", "tiny-llama", method_config={"r": 4}))
+    with torch.no_grad():
+        for p in other.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    other.method.save(other.model, tmp_path / "r4")
+    served = method.load(served, tmp_path / "r4", run.ctx, "r4")
+    assert _bank(served) is None
+    ids, mask, _ = rows_of_different_lengths(run)
+    names = ["a", "r4", "c", "r4", "a", "b"]
+    with torch.inference_mode():
+        _same_rows(method, served, ids, mask, names, method.forward_mixed(served, ids, mask, names).logits)
+
+
 FORWARD_S = 0.01  # every forward of the base model is made this much slower (a real sleep, in a hook)
 
 
@@ -131,8 +201,8 @@ def test_task_streams_follow_their_popularity_law():
 @pytest.mark.slow
 def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path):
     """The command end to end on a tiny model: a row per (method, N, law) with the three serving
-    modes; full fine-tuning has no mixed path and its latency is the grouped path's; memory above
-    the base grows with N."""
+    modes; full fine-tuning has no mixed path and its latency is the grouped path's; live tensors
+    per task are one full model for full fine-tuning and one prompt for prompt tuning."""
     import json
 
     from peft_bench.cli import main
@@ -146,8 +216,13 @@ def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path):
     assert all(r["mixed_over_single"] > 0 and r["latency_path"] == "mixed" for r in pt)
     ft = [r for r in rows if r["method"] == "full_finetune"]
     assert all(r["mixed_over_single"] is None and r["latency_path"] == "grouped" for r in ft)
-    # three full copies of the weights cost more than one
-    assert ft[-1]["memory_above_base_bytes"] > ft[0]["memory_above_base_bytes"]
+    # memory per task against independent counts: a full model's weights, a prompt's
+    base = models.load(models.resolve("tiny-llama"), 2).model
+    weights = sum(p.nbytes for p in base.parameters())
+    assert ft[0]["tensor_per_task_bytes"] is None and abs(ft[-1]["tensor_per_task_bytes"] / weights - 1) < 0.1
+    prompt = 20 * base.config.hidden_size * 4  # num_virtual_tokens x hidden x fp32, one copy (the bank is its storage)
+    assert abs(pt[-1]["tensor_per_task_bytes"] / prompt - 1) < 0.1, (pt[-1]["tensor_per_task_bytes"], prompt)
+    assert all(r["python_bytes_per_load"] > 0 and r["resident_per_task_bytes"] is not None for r in pt[2:])
     assert [r["distinct_tasks"] for r in pt] == [1, 1, 3, 3]
     md = (tmp_path / "README.md").read_text()
     assert "## prompt_tuning" in md and "## full_finetune" in md and (tmp_path / "throughput.png").is_file()

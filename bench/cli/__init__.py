@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--requests", type=int, default=256, help="requests per stream")
     sb.add_argument("--batch-size", type=int, default=16)
     sb.add_argument("--repeats", type=int, default=3, help="best of this many passes per serving mode")
+    sb.add_argument("--artifact-budget-gib", type=float, default=8.0, metavar="GIB",
+                    help="leave out an N whose artifacts exceed this on disk together (full fine-tuning: a model each)")
     sb.add_argument("--out", default="results/serving", metavar="DIR", help="folder of serving.jsonl, README.md and the figure")
     sb.add_argument("--report", metavar="DIR", help="only rewrite DIR's README.md and figure from its serving.jsonl")
     sb.set_defaults(func=cmd_serve_bench)

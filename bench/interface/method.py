@@ -118,6 +118,11 @@ class Method(abc.ABC):
         """
         raise MixedBatchUnsupported(f"method {self.name!r} cannot serve a mixed-task batch in one forward pass.")
 
+    # Where ``forward_mixed`` is a path written here in place of the library's own (LoRA: a gathered
+    # per-row product instead of peft's loop over adapters), the library's path as a method with
+    # the same signature, so that serving measurements time both side by side; None otherwise.
+    forward_mixed_reference: ClassVar[Callable | None] = None
+
     def trainable_parameters(self, model: nn.Module) -> int:
         """Parameters with requires_grad (peft's own count for peft models)."""
         if hasattr(model, "get_nb_trainable_parameters"):

@@ -142,6 +142,7 @@ def prefix_bank_forward(model: PeftModel, input_ids, attention_mask, adapter_nam
 
 
 BANK = "_peft_bench_bank"  # attribute of a PeftModel: adapter name -> (key, its prompt or prefix)
+HEADS = "_peft_bench_heads"  # attribute of a PeftModel: (loaded adapters, their task-head wrappers)
 
 
 def banked(model: PeftModel, names: list[str], build) -> dict:
@@ -149,28 +150,52 @@ def banked(model: PeftModel, names: list[str], build) -> dict:
     once and kept on the model while serving, so a mixed batch gathers rows from a ready bank
     instead of switching adapters. Rebuilt when one of the adapter's prompt-encoder parameters
     changed in place (torch's version counter) and after ``load`` / ``unload`` of that name
-    (``forget_banked``); never kept while gradients are recorded (it would hold the graph)."""
+    (``forget_banked``); never kept while gradients are recorded (it would hold the graph). A kept
+    entry is built outside inference mode (a normal tensor, which the adapter's own weights may
+    then share: ``_share_storage``)."""
     keep = not torch.is_grad_enabled()
     store = model.__dict__.setdefault(BANK, {})
+
+    def key(n: str) -> tuple:
+        return tuple(p._version for p in model.prompt_encoder[n].parameters())
+
     out, missing = {}, []
     for n in names:
-        key = (torch.is_inference_mode_enabled(), tuple(p._version for p in model.prompt_encoder[n].parameters()))
         hit = store.get(n)
-        if keep and hit is not None and hit[0] == key:
+        if keep and hit is not None and hit[0] == key(n):
             out[n] = hit[1]
         else:
-            missing.append((n, key))
+            missing.append(n)
     if missing:
         active = model.active_adapter
         try:
-            for n, key in missing:
+            for n in missing:
                 model.set_adapter(n)
-                out[n] = build(model)
-                if keep:
-                    store[n] = (key, out[n])
+                if not keep:
+                    out[n] = build(model)
+                    continue
+                with torch.inference_mode(False), torch.no_grad():
+                    out[n] = build(model)
+                    _share_storage(list(model.prompt_encoder[n].parameters()), out[n])
+                store[n] = (key(n), out[n])
         finally:
             model.set_adapter(active)
     return out
+
+
+def _share_storage(params: list[torch.Tensor], built) -> None:
+    """Where a built prompt holds exactly a parameter's bytes (in inference mode peft's
+    ``get_prompt`` repeats the embedding, and the prefix layers are views of that copy), the
+    parameter is re-pointed at the built storage: a loaded task costs one copy, not two."""
+    tensors = [built] if isinstance(built, torch.Tensor) else [t for kv in built for t in kv]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in tensors}
+    for p in params:
+        for st in storages.values():
+            if st.nbytes() == p.nbytes and st.device == p.device and p.is_contiguous():
+                view = torch.empty(0, dtype=p.dtype, device=p.device).set_(st, 0, p.shape, p.stride())
+                if torch.equal(view, p):
+                    p.data = view
+                    break
 
 
 def forget_banked(model: nn.Module, name: str) -> None:
@@ -201,9 +226,13 @@ def heads_routed(model: nn.Module, adapter_names: list[str]):
     mixed-batch path for them."""
     from peft.utils import ModulesToSaveWrapper
 
+    loaded = tuple(getattr(model, "peft_config", ()))
+    kept = model.__dict__.get(HEADS)
+    if kept is None or kept[0] != loaded:  # walked once per set of loaded adapters, not per batch
+        kept = model.__dict__[HEADS] = (loaded, [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)])
     hooks = [m.register_forward_pre_hook(lambda mod, args, kw: (args, {**kw, "adapter_names": adapter_names}),
                                          with_kwargs=True)
-             for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
+             for m in kept[1]]
     try:
         yield
     finally:

@@ -18,7 +18,8 @@ from peft_bench.results.units import fmt_bytes
 
 
 def run_scale(methods: list[str], model: str, task: str, out: Path, ns=NS, requests: int = 256,
-              batch_size: int = 16, repeats: int = 3, max_length: int = 64, log=print) -> Path:
+              batch_size: int = 16, repeats: int = 3, max_length: int = 64, budget_bytes: float = 8 * 2**30,
+              log=print) -> Path:
     import torch
 
     from peft_bench.assets import models
@@ -39,7 +40,8 @@ def run_scale(methods: list[str], model: str, task: str, out: Path, ns=NS, reque
         mspec = models.resolve(model)
         with tempfile.TemporaryDirectory(prefix="pb-scale-") as tmp:
             rows = scale_study(run, lambda: models.load(mspec, run.task.num_labels).model, Path(tmp), ns=ns,
-                               requests=requests, batch_size=batch_size, repeats=repeats, log=log)
+                               requests=requests, batch_size=batch_size, repeats=repeats, budget_bytes=budget_bytes,
+                               log=log)
         env = environment(run.device)
         for r in rows:
             lines.append({"method": name, "model": model, "task": task, "device": run.device.type, **r,
@@ -61,6 +63,15 @@ def rewrite_report(out: Path) -> Path:
     return out / "README.md"
 
 
+def _ratio(x) -> str:
+    return f"{x:.3f}" if x is not None else "n/a"
+
+
+def _per_task(r: dict, key: str) -> str:
+    v = r.get(key)
+    return f"{fmt_bytes(v)} ({v / r['artifact_bytes']:.2f}x)" if v is not None else "—"
+
+
 def write_report(lines: list[dict], out: Path, command: str = "") -> None:
     from peft_bench.results.plots import method_colour
 
@@ -70,22 +81,47 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
     import matplotlib.pyplot as plt
 
     first = lines[0]
+    methods = list(dict.fromkeys(r["method"] for r in lines))
     text = [f"# Serving at scale: {first['model']} / {first['task']}", "",
             f"N task artifacts on one frozen base model; a stream of {first['requests']} requests whose tasks are "
             f"drawn uniformly or with Zipf (alpha 1) popularity over the N tasks (the workloads of S-LoRA and "
-            f"Punica), in batches of {first['batch_size']}. Served three ways, best of the repeats: mixed batches "
-            f"(each row by its own task's artifact, one forward), grouped by task (a switch and a forward per task "
-            f"in a batch), and every request by one artifact (the baseline). Latency: per batch (a request waits "
-            f"for its batch), on the mixed path where the method has one, else grouped. Memory is not shown yet: "
-            f"the recorded resident memory above the base model was taken without a warm baseline, so it holds the "
-            f"allocator's working set of the first batches (0 B at N = 1, tens of MiB at N = 4), not the cost per "
-            f"task (`memory_above_base_bytes` in serving.jsonl, kept as measured). "
-            f"The artifacts are each method's own initialisation with its trainable weights perturbed per task "
-            f"(seeded), saved and loaded like trained ones: serving cost does not depend on what they learned.", ""]
+            f"Punica), in batches of {first['batch_size']}, on {first['device']}. Served three ways, best of the "
+            f"repeats: mixed batches (each row by its own task's artifact, one forward), grouped by task (a switch "
+            f"and a forward per task in a batch), and every request by one artifact (the baseline). Where a "
+            f"method's mixed path is written here in place of its library's own (LoRA: rows gather their A and B "
+            f"from a bank; peft loops over the batch's adapters in every layer), the library's path is timed in "
+            f"the same run (\"library's mixed / one\"). Latency: per batch (a request waits for its batch), on the "
+            f"mixed path where the method has one, else grouped.", "",
+            "Memory per task: the growth of resident memory (CUDA: allocated) from the smallest N, divided by the "
+            "tasks added, each taken after that N's streams were served (banks built, freed memory returned), "
+            "beside the artifact's bytes on disk (the ratio in brackets). Of it, live tensors: the growth of the "
+            "bytes of every distinct tensor storage Python can reach, counted by the garbage collector's view of "
+            "the process, not by the method. Python objects: the bytes Python's allocator keeps after loading one "
+            "artifact again (tracemalloc): modules, dictionaries, configs.", "",
+            "The artifacts are each method's own initialisation with its trainable weights perturbed per task "
+            "(seeded), saved and loaded like trained ones: serving cost does not depend on what they learned.", ""]
     if command:
         text += [f"Measured with `{command}`; the rows are in `serving.jsonl`; this page is rewritten from them by "
                  f"`peftbench serve-bench --report {out}`.", ""]
-    for method in dict.fromkeys(r["method"] for r in lines):
+    top = max(r["n_tasks"] for r in lines)
+    summary = []
+    for method in methods:
+        at = {r["law"]: r for r in lines if r["method"] == method and r["n_tasks"] == max(
+            x["n_tasks"] for x in lines if x["method"] == method)}
+        u, z = at.get("uniform", {}), at.get("zipf", {})
+        any_row = u or z
+        summary.append({"method": method, "N": any_row["n_tasks"], "artifact": fmt_bytes(any_row["artifact_bytes"]),
+                        "mixed / one (uniform, zipf)": f"{_ratio(u.get('mixed_over_single'))}, {_ratio(z.get('mixed_over_single'))}",
+                        "library's mixed / one": f"{_ratio(u.get('mixed_reference_over_single'))}, "
+                                                 f"{_ratio(z.get('mixed_reference_over_single'))}"
+                        if any_row.get("mixed_reference_over_single") is not None else "",
+                        "grouped / one": f"{_ratio(u.get('grouped_over_single'))}, {_ratio(z.get('grouped_over_single'))}",
+                        "memory per task": _per_task(any_row, "resident_per_task_bytes"),
+                        "live tensors per task": _per_task(any_row, "tensor_per_task_bytes"),
+                        "Python objects per load": fmt_bytes(any_row["python_bytes_per_load"])
+                        if any_row.get("python_bytes_per_load") is not None else "—"})
+    text += [f"## At the largest N (up to {top})", "", md_table(summary, keep=("method",)), ""]
+    for method in methods:
         rows = [r for r in lines if r["method"] == method]
         art, last = rows[0]["artifact_bytes"], rows[-1]  # the cold-load figures cover every artifact at the largest N
         text += [f"## {method}", "",
@@ -93,31 +129,56 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
                  f"(p90 {last['cold_load_p90_s'] * 1e3:.1f} ms) over {last['n_tasks']} artifacts.", ""]
         table = [{"N": r["n_tasks"], "popularity": r["law"], "tasks in stream": r["distinct_tasks"],
                   "one artifact (ex/s)": f"{r['single_task_examples_per_s']:.1f}",
-                  "mixed / one": f"{r['mixed_over_single']:.3f}" if r["mixed_over_single"] is not None else "n/a",
+                  "mixed / one": _ratio(r["mixed_over_single"]),
+                  "library's mixed / one": _ratio(r.get("mixed_reference_over_single")),
                   "grouped / one": f"{r['grouped_over_single']:.3f}",
                   "batch latency p50 / p90": f"{r['latency_p50_s'] * 1e3:.1f} / {r['latency_p90_s'] * 1e3:.1f} ms ({r['latency_path']})"}
                  for r in rows]
+        if all(r.get("mixed_reference_over_single") is None for r in rows):
+            table = [{k: v for k, v in t.items() if k != "library's mixed / one"} for t in table]
         text += [md_table(table, keep=("N", "popularity")), ""]
+        if "resident_bytes" in rows[0]:
+            mem = [{"N": r["n_tasks"], "resident": fmt_bytes(r["resident_bytes"]),
+                    "memory per task": _per_task(r, "resident_per_task_bytes"),
+                    "live tensors per task": _per_task(r, "tensor_per_task_bytes")}
+                   for r in rows if r["law"] == rows[0]["law"]]
+            text += [md_table(mem, keep=("N",)), ""]
         why = next((r.get("mixed_unsupported") for r in rows if r.get("mixed_unsupported")), None)
         if why:
             text += [f"Mixed batches n/a: {why}", ""]
-    fig, axes = plt.subplots(1, len(LAWS), figsize=(10, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(LAWS) + 1, figsize=(14, 3.9))
     for ax, law in zip(axes, LAWS):
-        for method in dict.fromkeys(r["method"] for r in lines):
+        for method in methods:
             rows = sorted((r for r in lines if r["method"] == method and r["law"] == law), key=lambda r: r["n_tasks"])
             xs = [r["n_tasks"] for r in rows]
             if all(r["mixed_over_single"] is not None for r in rows):
                 ax.plot(xs, [r["mixed_over_single"] for r in rows], "o-", color=method_colour(method), label=f"{method} mixed")
+            if all(r.get("mixed_reference_over_single") is not None for r in rows):
+                ax.plot(xs, [r["mixed_reference_over_single"] for r in rows], "^:", color=method_colour(method),
+                        label=f"{method} library's mixed")
             ax.plot(xs, [r["grouped_over_single"] for r in rows], "s--", color=method_colour(method), alpha=0.6,
                     label=f"{method} grouped")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tasks loaded, N (log scale)")
-        ax.set_title(f"{law} popularity")
+        ax.set_title(f"throughput / one artifact, {law} popularity", fontsize=9)
         ax.axhline(1.0, color="0.6", lw=0.8)
-    axes[0].set_ylabel("throughput / one artifact")
-    axes[-1].legend(fontsize=7, loc="lower left")
+    axes[0].legend(fontsize=6, loc="lower left")
+    ax = axes[-1]
+    for method in methods:
+        rows = sorted((r for r in lines if r["method"] == method and r["law"] == LAWS[0]
+                       and r.get("resident_per_task_bytes") is not None), key=lambda r: r["n_tasks"])
+        if rows:
+            ax.plot([r["n_tasks"] for r in rows], [r["resident_per_task_bytes"] / r["artifact_bytes"] for r in rows],
+                    "o-", color=method_colour(method), label=method)
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("tasks loaded, N (log scale)")
+    ax.set_title("memory per task / artifact bytes (1 = one artifact)", fontsize=9)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
-    text += ["![Throughput of mixed and grouped serving over one artifact's, against N](throughput.png)", ""]
+    text += ["![Throughput of mixed and grouped serving over one artifact's, and memory per task, against N]"
+             "(throughput.png)", ""]
     write_whole(out / "README.md", lambda p: p.write_text("\n".join(text)))

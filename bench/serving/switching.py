@@ -214,7 +214,8 @@ def measure_throughput(method: Method, model: torch.nn.Module, stream: list[tupl
                        batch_size: int, device: torch.device, repeats: int = 3) -> dict[str, float | None]:
     """Examples/s over ``stream`` (task, encoded example) for (a) mixed batches, (b) batches grouped
     by task with a switch between groups, (c) the same requests all served by one task's artifact
-    (same inputs, no switching, no mixing: the baseline); best of ``repeats``."""
+    (same inputs, no switching, no mixing: the baseline); best of ``repeats``. Where the method's
+    mixed path replaces the library's own (``forward_mixed_reference``), that one too."""
 
     def batched(items):
         for i in range(0, len(items), batch_size):
@@ -240,16 +241,20 @@ def measure_throughput(method: Method, model: torch.nn.Module, stream: list[tupl
                 rows = torch.tensor([i for i, x in enumerate(tasks) if x == t])
                 model(input_ids=ids[rows], attention_mask=mask[rows])
 
-    def run_mixed() -> None:
-        for tasks, ids, mask in batched(stream):
-            method.forward_mixed(model, ids, mask, tasks)
+    def mixed(forward) -> Callable[[], None]:
+        def run() -> None:
+            for tasks, ids, mask in batched(stream):
+                forward(model, ids, mask, tasks)
+        return run
 
-    modes = {"single_task": run_single, "grouped": run_grouped, "mixed": run_mixed}
+    modes = {"single_task": run_single, "grouped": run_grouped, "mixed": mixed(method.forward_mixed)}
+    if method.forward_mixed_reference is not None:  # the library's own path beside the method's
+        modes["mixed_reference"] = mixed(method.forward_mixed_reference)
     best = {m: float("inf") for m in modes}
     unsupported = None
     for _ in range(repeats):  # modes interleaved, best of `repeats`: drift hits all modes alike
         for name, fn in modes.items():
-            if name == "mixed" and unsupported is not None:
+            if name.startswith("mixed") and unsupported is not None:
                 continue
             synchronize(device)
             t0 = time.perf_counter()
@@ -267,6 +272,9 @@ def measure_throughput(method: Method, model: torch.nn.Module, stream: list[tupl
     if unsupported is None:
         out["mixed_examples_per_s"] = n / best["mixed"]
         out["mixed_over_single"] = out["mixed_examples_per_s"] / out["single_task_examples_per_s"]
+        if "mixed_reference" in best:
+            out["mixed_reference_examples_per_s"] = n / best["mixed_reference"]
+            out["mixed_reference_over_single"] = out["mixed_reference_examples_per_s"] / out["single_task_examples_per_s"]
     else:
         out["mixed_examples_per_s"] = out["mixed_over_single"] = None
         out["mixed_unsupported"] = unsupported
