@@ -80,6 +80,7 @@ class AdapterLayer(_Routed):
     def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.base = base
+        self.rows: tuple | None = None  # (stacked weights, row index) while a mixed batch is served
 
     def add(self, name: str, cfg: BottleneckAdapterConfig) -> None:
         hidden = self.base.out_features
@@ -93,6 +94,13 @@ class AdapterLayer(_Routed):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if self.rows is not None:  # a mixed batch, each row's adapter gathered from the stacks
+            (down_w, down_b, up_w, up_b), index = self.rows
+            act = next(iter(self.bank.values()))[1]
+            h = y.reshape(y.shape[0], -1, y.shape[-1])
+            z = act(torch.baddbmm(down_b.index_select(0, index).unsqueeze(1), h, down_w.index_select(0, index).transpose(1, 2)))
+            return y + torch.baddbmm(up_b.index_select(0, index).unsqueeze(1), z,
+                                     up_w.index_select(0, index).transpose(1, 2)).reshape(y.shape)
         if not self.active and self.row_names is None:
             return y
         return self.route(y, lambda name, h: h + self.bank[name](h))
@@ -126,7 +134,11 @@ class BottleneckModel(nn.Module):
         return self.base_model(*args, **kwargs)
 
     def routed(self) -> list[_Routed]:
-        return [m for m in self.base_model.modules() if isinstance(m, _Routed)]
+        """The routed modules, found once: they are fixed when the adapters are injected (loading
+        adds to their banks), and a walk of every module per batch grows with the adapters loaded."""
+        if "_routed" not in self.__dict__:
+            self.__dict__["_routed"] = [m for m in self.base_model.modules() if isinstance(m, _Routed)]
+        return self.__dict__["_routed"]
 
     def set_adapter(self, name: str) -> None:
         if name not in self.configs:
@@ -140,13 +152,48 @@ class BottleneckModel(nn.Module):
         unknown = sorted(set(adapter_names) - set(self.configs))
         if unknown:
             raise UnknownName(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}.")
+        stacks = self.stacks()
+        position = {n: i for i, n in enumerate(self.configs)}
+        index = torch.tensor([position[n] for n in adapter_names])
         for m in self.routed():
-            m.row_names = list(adapter_names)
+            if stacks is not None and m in stacks:
+                m.rows = stacks[m], index.to(m.base.weight.device)
+            else:
+                m.row_names = list(adapter_names)
         try:
             yield self
         finally:
             for m in self.routed():
-                m.row_names = None
+                m.row_names = m.rows = None
+
+    def stacks(self) -> dict | None:
+        """Per adapter layer, its adapters' down and up weights and biases stacked in load order
+        (the adapters' parameters re-pointed into them: one copy), so that a mixed batch gathers
+        each row's adapter instead of looping over the batch's adapters; kept until the loaded
+        adapters change (names, or a name loaded again). None where the adapters differ in size
+        or activation (then rows are routed one adapter at a time)."""
+        names = list(self.configs)
+        layers = [m for m in self.routed() if isinstance(m, AdapterLayer)]
+
+        def signature() -> list:
+            return [m.bank[n][i].weight.data_ptr() for m in (layers[0], layers[-1]) for n in names for i in (0, 2)]
+
+        kept = self.__dict__.get("_stacks")
+        if kept is not None and kept[0] == names and kept[1] == signature():
+            return kept[2]
+        stacks = None
+        if len({(type(m.bank[n][1]), m.bank[n][0].out_features) for m in layers for n in names}) == 1:
+            stacks = {}
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors: the weights live in them
+                for m in layers:
+                    params = [[getattr(m.bank[n][i], w) for n in names] for i, w in ((0, "weight"), (0, "bias"),
+                                                                                   (2, "weight"), (2, "bias"))]
+                    stacks[m] = tuple(torch.stack([p.detach() for p in ps]) for ps in params)
+                    for ps, stack in zip(params, stacks[m]):
+                        for j, p in enumerate(ps):
+                            p.data = stack[j]
+        self.__dict__["_stacks"] = (names, signature(), stacks)
+        return stacks
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.state_dict().items() if f".bank.{name}." in k}

@@ -151,8 +151,8 @@ def banked(model: PeftModel, names: list[str], build) -> dict:
     instead of switching adapters. Rebuilt when one of the adapter's prompt-encoder parameters
     changed in place (torch's version counter) and after ``load`` / ``unload`` of that name
     (``forget_banked``); never kept while gradients are recorded (it would hold the graph). A kept
-    entry is built outside inference mode (a normal tensor, which the adapter's own weights may
-    then share: ``_share_storage``)."""
+    entry is built outside inference mode and, where it equals the adapter's own weights, is a
+    view of them (``_as_views``)."""
     keep = not torch.is_grad_enabled()
     store = model.__dict__.setdefault(BANK, {})
 
@@ -175,27 +175,32 @@ def banked(model: PeftModel, names: list[str], build) -> dict:
                     out[n] = build(model)
                     continue
                 with torch.inference_mode(False), torch.no_grad():
-                    out[n] = build(model)
-                    _share_storage(list(model.prompt_encoder[n].parameters()), out[n])
+                    out[n] = _as_views(list(model.prompt_encoder[n].parameters()), build(model))
                 store[n] = (key(n), out[n])
         finally:
             model.set_adapter(active)
     return out
 
 
-def _share_storage(params: list[torch.Tensor], built) -> None:
-    """Where a built prompt holds exactly a parameter's bytes (in inference mode peft's
-    ``get_prompt`` repeats the embedding, and the prefix layers are views of that copy), the
-    parameter is re-pointed at the built storage: a loaded task costs one copy, not two."""
-    tensors = [built] if isinstance(built, torch.Tensor) else [t for kv in built for t in kv]
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in tensors}
-    for p in params:
-        for st in storages.values():
-            if st.nbytes() == p.nbytes and st.device == p.device and p.is_contiguous():
-                view = torch.empty(0, dtype=p.dtype, device=p.device).set_(st, 0, p.shape, p.stride())
-                if torch.equal(view, p):
-                    p.data = view
-                    break
+def _as_views(params: list[torch.Tensor], built):
+    """``built`` as views of the adapter's own parameters where it holds exactly their values: in
+    inference mode peft's ``get_prompt`` repeats the prompt embedding (a prompt equals the weight;
+    a prefix's per-layer keys and values equal slices of it in peft's standard layout), so a loaded
+    task costs one copy, not two. Anything else (a projection, a model's own post-processing) is
+    kept as built."""
+    if isinstance(built, torch.Tensor):
+        same = [p for p in params if p.shape == built.shape and torch.equal(p, built)]
+        return same[0].detach() if same else built
+    if len(params) != 1 or not built:
+        return built
+    w, (k0, _) = params[0].detach(), built[0]
+    layers, heads, head_dim = len(built), k0.shape[1], k0.shape[-1]
+    if k0.shape[0] != 1 or w.numel() != w.shape[0] * layers * 2 * heads * head_dim:
+        return built
+    kv = w.view(1, w.shape[0], layers * 2, heads, head_dim).permute(2, 0, 3, 1, 4)  # as peft lays it out
+    views = [(kv[2 * i], kv[2 * i + 1]) for i in range(layers)]
+    same = all(a.shape == k.shape and torch.equal(a, k) and torch.equal(b, v) for (a, b), (k, v) in zip(views, built))
+    return views if same else built
 
 
 def forget_banked(model: nn.Module, name: str) -> None:
