@@ -199,7 +199,7 @@ def test_task_streams_follow_their_popularity_law():
 
 
 @pytest.mark.slow
-def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path):
+def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path, capsys):
     """The command end to end on a tiny model: a row per (method, N, law) with the three serving
     modes; full fine-tuning has no mixed path and its latency is the grouped path's; live tensors
     per task are one full model for full fine-tuning and one prompt for prompt tuning."""
@@ -225,4 +225,13 @@ def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path):
     assert all(r["python_bytes_per_load"] > 0 and r["resident_per_task_bytes"] is not None for r in pt[2:])
     assert [r["distinct_tasks"] for r in pt] == [1, 1, 3, 3]
     md = (tmp_path / "README.md").read_text()
-    assert "## prompt_tuning" in md and "## full_finetune" in md and (tmp_path / "throughput.png").is_file()
+    assert "### tiny-llama / prompt_tuning" in md and "### tiny-llama / full_finetune" in md
+    assert (tmp_path / "throughput-tiny-llama.png").is_file()
+    # measured pairs are kept: the same command measures nothing again; other settings are refused
+    before = (tmp_path / "serving.jsonl").read_bytes()
+    assert main(["serve-bench", "--methods", "prompt_tuning", "--model", "tiny-llama", "--task", "dummy",
+                 "--ns", "1,3", "--requests", "24", "--batch-size", "6", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "serving.jsonl").read_bytes() == before
+    assert main(["serve-bench", "--methods", "lora", "--model", "tiny-llama", "--task", "dummy", "--ns", "1,3",
+                 "--requests", "30", "--batch-size", "6", "--repeats", "1", "--out", str(tmp_path)]) == 2
+    assert "holds rows measured with requests = 24, not 30: use another --out" in capsys.readouterr().err

@@ -192,10 +192,12 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"peftbench: error: --ns must be comma-separated integers, got {args.ns!r}.") from None
     if not ns or ns[0] < 1:
         raise SystemExit(f"peftbench: error: --ns must be at least 1, got {args.ns!r}.")
-    report = run_scale([m.strip() for m in args.methods.split(",") if m.strip()], args.model, args.task, Path(args.out),
+    report = run_scale([m.strip() for m in args.methods.split(",") if m.strip()],
+                       [m.strip() for m in args.model.split(",") if m.strip()], args.task, Path(args.out),
                        ns=ns, requests=args.requests, batch_size=args.batch_size, repeats=args.repeats,
-                       budget_bytes=args.artifact_budget_gib * 2**30, log=lambda m: print(m, flush=True))
-    print(f"wrote {report} (serving.jsonl and throughput.png beside it)")
+                       budget_bytes=args.artifact_budget_gib * 2**30, force=args.force,
+                       log=lambda m: print(m, flush=True))
+    print(f"wrote {report} (serving.jsonl and a figure per model beside it)")
     return 0
 
 

@@ -12,14 +12,19 @@ import time
 from pathlib import Path
 
 from peft_bench.core.paths import write_whole
+from peft_bench.results.store import append_line, read_json_lines
 from peft_bench.serving.scale import LAWS, NS, scale_study
 from peft_bench.results.tables import md_table
 from peft_bench.results.units import fmt_bytes
 
 
-def run_scale(methods: list[str], model: str, task: str, out: Path, ns=NS, requests: int = 256,
+def run_scale(methods: list[str], model: str | list[str], task: str, out: Path, ns=NS, requests: int = 256,
               batch_size: int = 16, repeats: int = 3, max_length: int = 64, budget_bytes: float = 8 * 2**30,
-              log=print) -> Path:
+              force: bool = False, log=print) -> Path:
+    """The study for every (model, method) into ``out/serving.jsonl``: each method's rows appended
+    as soon as it is measured (a stopped command loses at most the method in progress), a pair
+    already there skipped unless ``force`` (then its rows are replaced); README rewritten each time
+    from all the rows. Rows measured with other settings are refused, not mixed into one page."""
     import torch
 
     from peft_bench.assets import models
@@ -30,36 +35,56 @@ def run_scale(methods: list[str], model: str, task: str, out: Path, ns=NS, reque
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for name in methods:
-        log(f"{name} on {model} / {task}: {max(ns)} artifacts, N in {list(ns)}")
-        spec = RunSpec(model=model, task=task, method=name, train=TrainConfig(
-            steps=1, batch_size=8, n_train=64, n_test=min(requests, 256), max_length=max_length, eval_points=0,
-            num_threads=torch.get_num_threads())).resolve()
-        run = prepare(spec)
-        mspec = models.resolve(model)
-        with tempfile.TemporaryDirectory(prefix="pb-scale-") as tmp:
-            rows = scale_study(run, lambda: models.load(mspec, run.task.num_labels).model, Path(tmp), ns=ns,
-                               requests=requests, batch_size=batch_size, repeats=repeats, budget_bytes=budget_bytes,
-                               log=log)
-        env = environment(run.device)
-        for r in rows:
-            lines.append({"method": name, "model": model, "task": task, "device": run.device.type, **r,
-                          "env": env, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     data = out / "serving.jsonl"
-    write_whole(data, lambda p: p.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines)))
+    settings = {"requests": requests, "batch_size": batch_size, "repeats": repeats}
+    have = read_json_lines(data)
+    for k, v in settings.items():
+        other = sorted({r.get(k) for r in have} - {v}, key=str)
+        if other:
+            raise ValueError(f"{data} holds rows measured with {k} = {other[0]}, not {v}: use another --out, "
+                             f"or the same settings.")
     command = "peftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    write_whole(out / "COMMAND", lambda p: p.write_text(command + "\n"))
-    write_report(lines, out, command)
+    commands = _commands(out)
+    if command and command not in commands:
+        write_whole(out / "COMMAND", lambda p: p.write_text("\n".join(commands + [command]) + "\n"))
+    for name_model in [model] if isinstance(model, str) else model:
+        for name in methods:
+            if any(r["model"] == name_model and r["task"] == task and r["method"] == name for r in have):
+                if not force:
+                    log(f"{name} on {name_model} / {task}: in {data} already (--force measures it again)")
+                    continue
+                have = [r for r in have if not (r["model"] == name_model and r["task"] == task and r["method"] == name)]
+                write_whole(data, lambda p: p.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in have)))
+            log(f"{name} on {name_model} / {task}: up to {max(ns)} artifacts, N in {list(ns)}")
+            spec = RunSpec(model=name_model, task=task, method=name, train=TrainConfig(
+                steps=1, batch_size=8, n_train=64, n_test=min(requests, 256), max_length=max_length, eval_points=0,
+                num_threads=torch.get_num_threads())).resolve()
+            run = prepare(spec)
+            mspec = models.resolve(name_model)
+            with tempfile.TemporaryDirectory(prefix="pb-scale-") as tmp:
+                rows = scale_study(run, lambda: models.load(mspec, run.task.num_labels).model, Path(tmp), ns=ns,
+                                   requests=requests, batch_size=batch_size, repeats=repeats,
+                                   budget_bytes=budget_bytes, log=log)
+            env = environment(run.device)
+            for r in rows:
+                line = {"method": name, "model": name_model, "task": task, "device": run.device.type, **r,
+                        "repeats": repeats, "env": env, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                append_line(data, json.dumps(line, sort_keys=True))
+                have.append(line)
+            write_report(have, out, "\n".join(_commands(out)))
     return out / "README.md"
+
+
+def _commands(out: Path) -> list[str]:
+    path = out / "COMMAND"
+    return [c for c in path.read_text().splitlines() if c.strip()] if path.is_file() else []
 
 
 def rewrite_report(out: Path) -> Path:
     """README.md and the figure again from ``out/serving.jsonl`` (no measurement)."""
     out = Path(out)
-    lines = [json.loads(x) for x in (out / "serving.jsonl").read_text().splitlines() if x.strip()]
-    command = (out / "COMMAND").read_text().strip() if (out / "COMMAND").is_file() else ""
-    write_report(lines, out, command)
+    lines = read_json_lines(out / "serving.jsonl")
+    write_report(lines, out, "\n".join(_commands(out)))
     return out / "README.md"
 
 
@@ -73,6 +98,92 @@ def _per_task(r: dict, key: str) -> str:
 
 
 def write_report(lines: list[dict], out: Path, command: str = "") -> None:
+    first = lines[0]
+    models = list(dict.fromkeys(r["model"] for r in lines))
+    text = [f"# Serving at scale: {', '.join(models)} / {first['task']}", "",
+            f"N task artifacts on one frozen base model; a stream of {first['requests']} requests whose tasks are "
+            f"drawn uniformly or with Zipf (alpha 1) popularity over the N tasks (the workloads of S-LoRA and "
+            f"Punica), in batches of {first['batch_size']}, on {first['device']}. Served three ways, best of "
+            f"{first.get('repeats', 3)} passes: mixed batches (each row by its own task's artifact, one forward), "
+            f"grouped by task (a switch and a forward per task in a batch), and every request by one artifact (the "
+            f"baseline). Where a method's mixed path is written here in place of its library's own (LoRA: rows "
+            f"gather their A and B from per-layer banks; peft loops over the batch's adapters in every layer), the "
+            f"library's path is timed in the same run (\"library's mixed / one\"). Latency: per batch (a request "
+            f"waits for its batch), on the mixed path where the method has one, else grouped.", "",
+            "Memory per task: the growth of resident memory (CUDA: allocated) from the smallest N, divided by the "
+            "tasks added, each taken after that N's streams were served (banks built, freed memory returned), "
+            "beside the artifact's bytes on disk (the ratio in brackets). Live tensors: the same growth counted "
+            "over every distinct tensor storage Python can reach (the garbage collector's view of the process, "
+            "not the method's own account). Python objects: what Python's allocator keeps after loading one "
+            "artifact again (tracemalloc): modules, dictionaries, configs. Full fine-tuning stores a whole model "
+            "per task: its N stops where the artifacts would pass the disk budget.", "",
+            "The artifacts are each method's own initialisation with its trainable weights perturbed per task "
+            "(seeded), saved and loaded like trained ones: serving cost does not depend on what they learned.", ""]
+    if command:
+        text += ["Measured with", "", *[f"    {c}" for c in command.splitlines()], "",
+                 f"The rows are in `serving.jsonl`; this page is rewritten from them by "
+                 f"`peftbench serve-bench --report {out}`.", ""]
+    summary = []
+    for model in models:
+        for method in dict.fromkeys(r["method"] for r in lines if r["model"] == model):
+            rows = [r for r in lines if r["model"] == model and r["method"] == method]
+            top = max(r["n_tasks"] for r in rows)
+            at = {r["law"]: r for r in rows if r["n_tasks"] == top}
+            u, z = at.get("uniform", {}), at.get("zipf", {})
+            row = u or z
+            summary.append({
+                "model": model, "method": method, "N": top, "artifact": fmt_bytes(row["artifact_bytes"]),
+                "mixed / one (uniform, zipf)": f"{_ratio(u.get('mixed_over_single'))}, {_ratio(z.get('mixed_over_single'))}",
+                "library's mixed / one": f"{_ratio(u.get('mixed_reference_over_single'))}, "
+                                         f"{_ratio(z.get('mixed_reference_over_single'))}"
+                if row.get("mixed_reference_over_single") is not None else "",
+                "grouped / one": f"{_ratio(u.get('grouped_over_single'))}, {_ratio(z.get('grouped_over_single'))}",
+                "memory per task": _per_task(row, "resident_per_task_bytes"),
+                "live tensors per task": _per_task(row, "tensor_per_task_bytes"),
+                "Python objects per load": fmt_bytes(row["python_bytes_per_load"])
+                if row.get("python_bytes_per_load") is not None else "—"})
+    text += ["## At the largest N", "", md_table(summary, keep=("model", "method")), ""]
+    for model in models:
+        at_model = [r for r in lines if r["model"] == model]
+        figure = f"throughput-{model}.png"
+        text += [f"## {model}", "", f"![Throughput of mixed and grouped serving over one artifact's, and memory per "
+                                    f"task, against N, on {model}]({figure})", ""]
+        _figure(at_model, out / figure)
+        for method in dict.fromkeys(r["method"] for r in at_model):
+            text += _method_section(method, [r for r in at_model if r["method"] == method])
+    write_whole(out / "README.md", lambda p: p.write_text("\n".join(text)))
+
+
+def _method_section(method: str, rows: list[dict]) -> list[str]:
+    art, last = rows[0]["artifact_bytes"], rows[-1]  # the cold-load figures cover every artifact at the largest N
+    text = [f"### {rows[0]['model']} / {method}", "",
+            f"Artifact {fmt_bytes(art)} on disk; cold load median {last['cold_load_median_s'] * 1e3:.1f} ms "
+            f"(p90 {last['cold_load_p90_s'] * 1e3:.1f} ms) over {last['n_tasks']} artifacts.", ""]
+    table = [{"N": r["n_tasks"], "popularity": r["law"], "tasks in stream": r["distinct_tasks"],
+              "one artifact (ex/s)": f"{r['single_task_examples_per_s']:.1f}",
+              "mixed / one": _ratio(r["mixed_over_single"]),
+              "library's mixed / one": _ratio(r.get("mixed_reference_over_single")),
+              "grouped / one": f"{r['grouped_over_single']:.3f}",
+              "batch latency p50 / p90": f"{r['latency_p50_s'] * 1e3:.1f} / {r['latency_p90_s'] * 1e3:.1f} ms ({r['latency_path']})"}
+             for r in rows]
+    if all(r.get("mixed_reference_over_single") is None for r in rows):
+        table = [{k: v for k, v in t.items() if k != "library's mixed / one"} for t in table]
+    text += [md_table(table, keep=("N", "popularity")), ""]
+    if "resident_bytes" in rows[0]:
+        mem = [{"N": r["n_tasks"], "resident": fmt_bytes(r["resident_bytes"]),
+                "memory per task": _per_task(r, "resident_per_task_bytes"),
+                "live tensors per task": _per_task(r, "tensor_per_task_bytes")}
+               for r in rows if r["law"] == rows[0]["law"]]
+        text += [md_table(mem, keep=("N",)), ""]
+    why = next((r.get("mixed_unsupported") for r in rows if r.get("mixed_unsupported")), None)
+    if why:
+        text += [f"Mixed batches n/a: {why}", ""]
+    return text
+
+
+def _figure(lines: list[dict], path: Path) -> None:
+    """Throughput over one artifact's against N (a panel per popularity law), and memory per task
+    over the artifact's bytes."""
     from peft_bench.results.plots import method_colour
 
     import matplotlib
@@ -80,72 +191,7 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = lines[0]
     methods = list(dict.fromkeys(r["method"] for r in lines))
-    text = [f"# Serving at scale: {first['model']} / {first['task']}", "",
-            f"N task artifacts on one frozen base model; a stream of {first['requests']} requests whose tasks are "
-            f"drawn uniformly or with Zipf (alpha 1) popularity over the N tasks (the workloads of S-LoRA and "
-            f"Punica), in batches of {first['batch_size']}, on {first['device']}. Served three ways, best of the "
-            f"repeats: mixed batches (each row by its own task's artifact, one forward), grouped by task (a switch "
-            f"and a forward per task in a batch), and every request by one artifact (the baseline). Where a "
-            f"method's mixed path is written here in place of its library's own (LoRA: rows gather their A and B "
-            f"from a bank; peft loops over the batch's adapters in every layer), the library's path is timed in "
-            f"the same run (\"library's mixed / one\"). Latency: per batch (a request waits for its batch), on the "
-            f"mixed path where the method has one, else grouped.", "",
-            "Memory per task: the growth of resident memory (CUDA: allocated) from the smallest N, divided by the "
-            "tasks added, each taken after that N's streams were served (banks built, freed memory returned), "
-            "beside the artifact's bytes on disk (the ratio in brackets). Of it, live tensors: the growth of the "
-            "bytes of every distinct tensor storage Python can reach, counted by the garbage collector's view of "
-            "the process, not by the method. Python objects: the bytes Python's allocator keeps after loading one "
-            "artifact again (tracemalloc): modules, dictionaries, configs.", "",
-            "The artifacts are each method's own initialisation with its trainable weights perturbed per task "
-            "(seeded), saved and loaded like trained ones: serving cost does not depend on what they learned.", ""]
-    if command:
-        text += [f"Measured with `{command}`; the rows are in `serving.jsonl`; this page is rewritten from them by "
-                 f"`peftbench serve-bench --report {out}`.", ""]
-    top = max(r["n_tasks"] for r in lines)
-    summary = []
-    for method in methods:
-        at = {r["law"]: r for r in lines if r["method"] == method and r["n_tasks"] == max(
-            x["n_tasks"] for x in lines if x["method"] == method)}
-        u, z = at.get("uniform", {}), at.get("zipf", {})
-        any_row = u or z
-        summary.append({"method": method, "N": any_row["n_tasks"], "artifact": fmt_bytes(any_row["artifact_bytes"]),
-                        "mixed / one (uniform, zipf)": f"{_ratio(u.get('mixed_over_single'))}, {_ratio(z.get('mixed_over_single'))}",
-                        "library's mixed / one": f"{_ratio(u.get('mixed_reference_over_single'))}, "
-                                                 f"{_ratio(z.get('mixed_reference_over_single'))}"
-                        if any_row.get("mixed_reference_over_single") is not None else "",
-                        "grouped / one": f"{_ratio(u.get('grouped_over_single'))}, {_ratio(z.get('grouped_over_single'))}",
-                        "memory per task": _per_task(any_row, "resident_per_task_bytes"),
-                        "live tensors per task": _per_task(any_row, "tensor_per_task_bytes"),
-                        "Python objects per load": fmt_bytes(any_row["python_bytes_per_load"])
-                        if any_row.get("python_bytes_per_load") is not None else "—"})
-    text += [f"## At the largest N (up to {top})", "", md_table(summary, keep=("method",)), ""]
-    for method in methods:
-        rows = [r for r in lines if r["method"] == method]
-        art, last = rows[0]["artifact_bytes"], rows[-1]  # the cold-load figures cover every artifact at the largest N
-        text += [f"## {method}", "",
-                 f"Artifact {fmt_bytes(art)} on disk; cold load median {last['cold_load_median_s'] * 1e3:.1f} ms "
-                 f"(p90 {last['cold_load_p90_s'] * 1e3:.1f} ms) over {last['n_tasks']} artifacts.", ""]
-        table = [{"N": r["n_tasks"], "popularity": r["law"], "tasks in stream": r["distinct_tasks"],
-                  "one artifact (ex/s)": f"{r['single_task_examples_per_s']:.1f}",
-                  "mixed / one": _ratio(r["mixed_over_single"]),
-                  "library's mixed / one": _ratio(r.get("mixed_reference_over_single")),
-                  "grouped / one": f"{r['grouped_over_single']:.3f}",
-                  "batch latency p50 / p90": f"{r['latency_p50_s'] * 1e3:.1f} / {r['latency_p90_s'] * 1e3:.1f} ms ({r['latency_path']})"}
-                 for r in rows]
-        if all(r.get("mixed_reference_over_single") is None for r in rows):
-            table = [{k: v for k, v in t.items() if k != "library's mixed / one"} for t in table]
-        text += [md_table(table, keep=("N", "popularity")), ""]
-        if "resident_bytes" in rows[0]:
-            mem = [{"N": r["n_tasks"], "resident": fmt_bytes(r["resident_bytes"]),
-                    "memory per task": _per_task(r, "resident_per_task_bytes"),
-                    "live tensors per task": _per_task(r, "tensor_per_task_bytes")}
-                   for r in rows if r["law"] == rows[0]["law"]]
-            text += [md_table(mem, keep=("N",)), ""]
-        why = next((r.get("mixed_unsupported") for r in rows if r.get("mixed_unsupported")), None)
-        if why:
-            text += [f"Mixed batches n/a: {why}", ""]
     fig, axes = plt.subplots(1, len(LAWS) + 1, figsize=(14, 3.9))
     for ax, law in zip(axes, LAWS):
         for method in methods:
@@ -177,8 +223,5 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
     ax.set_title("memory per task / artifact bytes (1 = one artifact)", fontsize=9)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    text += ["![Throughput of mixed and grouped serving over one artifact's, and memory per task, against N]"
-             "(throughput.png)", ""]
-    write_whole(out / "README.md", lambda p: p.write_text("\n".join(text)))
