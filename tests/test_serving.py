@@ -234,4 +234,4 @@ def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path, capsys):
     assert (tmp_path / "serving.jsonl").read_bytes() == before
     assert main(["serve-bench", "--methods", "lora", "--model", "tiny-llama", "--task", "dummy", "--ns", "1,3",
                  "--requests", "30", "--batch-size", "6", "--repeats", "1", "--out", str(tmp_path)]) == 2
-    assert "holds rows measured with requests = 24, not 30: use another --out" in capsys.readouterr().err
+    assert "holds rows of tiny-llama measured with requests = 24, not 30: use another --out" in capsys.readouterr().err

@@ -38,11 +38,12 @@ def run_scale(methods: list[str], model: str | list[str], task: str, out: Path, 
     data = out / "serving.jsonl"
     settings = {"requests": requests, "batch_size": batch_size, "repeats": repeats}
     have = read_json_lines(data)
-    for k, v in settings.items():
-        other = sorted({r.get(k) for r in have} - {v}, key=str)
-        if other:
-            raise ValueError(f"{data} holds rows measured with {k} = {other[0]}, not {v}: use another --out, "
-                             f"or the same settings.")
+    for name_model in [model] if isinstance(model, str) else model:  # one model's rows, one set of settings
+        for k, v in settings.items():
+            other = sorted({r.get(k) for r in have if r["model"] == name_model} - {v}, key=str)
+            if other:
+                raise ValueError(f"{data} holds rows of {name_model} measured with {k} = {other[0]}, not {v}: use "
+                                 f"another --out, or the same settings.")
     command = "peftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     commands = _commands(out)
     if command and command not in commands:
@@ -101,10 +102,10 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
     first = lines[0]
     models = list(dict.fromkeys(r["model"] for r in lines))
     text = [f"# Serving at scale: {', '.join(models)} / {first['task']}", "",
-            f"N task artifacts on one frozen base model; a stream of {first['requests']} requests whose tasks are "
-            f"drawn uniformly or with Zipf (alpha 1) popularity over the N tasks (the workloads of S-LoRA and "
-            f"Punica), in batches of {first['batch_size']}, on {first['device']}. Served three ways, best of "
-            f"{first.get('repeats', 3)} passes: mixed batches (each row by its own task's artifact, one forward), "
+            f"N task artifacts on one frozen base model; a stream of requests whose tasks are drawn uniformly or "
+            f"with Zipf (alpha 1) popularity over the N tasks (the workloads of S-LoRA and Punica), in batches, on "
+            f"{first['device']} (each model's section gives its stream length, batch size and passes). Served three "
+            f"ways, best of the passes: mixed batches (each row by its own task's artifact, one forward), "
             f"grouped by task (a switch and a forward per task in a batch), and every request by one artifact (the "
             f"baseline). Where a method's mixed path is written here in place of its library's own (LoRA: rows "
             f"gather their A and B from per-layer banks; peft loops over the batch's adapters in every layer), the "
@@ -146,7 +147,9 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
     for model in models:
         at_model = [r for r in lines if r["model"] == model]
         figure = f"throughput-{model}.png"
-        text += [f"## {model}", "", f"![Throughput of mixed and grouped serving over one artifact's, and memory per "
+        text += [f"## {model}", "", f"Streams of {at_model[0]['requests']} requests in batches of "
+                                    f"{at_model[0]['batch_size']}, best of {at_model[0].get('repeats', 3)} passes "
+                                    f"per serving mode.", "", f"![Throughput of mixed and grouped serving over one artifact's, and memory per "
                                     f"task, against N, on {model}]({figure})", ""]
         _figure(at_model, out / figure)
         for method in dict.fromkeys(r["method"] for r in at_model):
