@@ -72,7 +72,17 @@ class PeftMethod(Method):
         return model
 
     def unload(self, model: nn.Module, name: str) -> nn.Module:
+        from peft.utils import ModulesToSaveWrapper
+
         forget_banked(model, name)
+        if name in model.peft_config and model.peft_config[name].is_prompt_learning and len(model.peft_config) > 2:
+            # peft (0.21) hands every remaining prompt adapter to the task-head wrappers as their new
+            # active one, which they refuse when there are two or more: their copies go first, with
+            # one successor, and peft's delete then finds nothing left in them to hand over
+            keep = next(n for n in [model.active_adapter, *model.peft_config] if n != name)
+            for m in model.modules():
+                if isinstance(m, ModulesToSaveWrapper):
+                    m.delete_adapter(name, new_active_adapters=[keep])
         model.delete_adapter(name)
         return model
 

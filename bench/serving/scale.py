@@ -107,10 +107,11 @@ def memory_state(device: torch.device) -> dict[str, int]:
     return {"resident": _memory(device), "tensors": live_tensor_bytes(device)}
 
 
-def python_bytes_of_load(method, model, path: Path, ctx, name: str) -> tuple[torch.nn.Module, int]:
-    """Unload ``name`` and load it again from ``path`` with Python's allocator traced: the bytes of
-    Python objects (modules, dicts, configs) one artifact keeps alive. Tensor storage is not on
-    Python's allocator, so it is not in this figure."""
+def python_bytes_of_load(method, model, path: Path, ctx, name: str, other: str) -> tuple[torch.nn.Module, int]:
+    """Unload ``name`` (while ``other`` serves, as between requests) and load it again from ``path``
+    with Python's allocator traced: the bytes of Python objects (modules, dicts, configs) one
+    artifact keeps alive. Tensor storage is not on Python's allocator, so it is not in this figure."""
+    model = method.activate(model, other)
     model = method.unload(model, name)
     release_memory()
     tracemalloc.start()
@@ -174,8 +175,10 @@ def scale_study(run, load_base: Callable[[], torch.nn.Module], folder: Path, ns=
             log(f"    N={n:<3} {r['law']:<8} mixed/one {r['mixed_over_single'] or float('nan'):.3f}  grouped/one "
                 f"{r['grouped_over_single']:.3f}{per_task}")
         rows += at_n
-    last = f"t{loaded - 1:02d}"
-    served, python_bytes = python_bytes_of_load(method, served, artifacts[loaded - 1][0], run.ctx, last)
+    python_bytes = None
+    if loaded > 1:
+        served, python_bytes = python_bytes_of_load(method, served, artifacts[loaded - 1][0], run.ctx,
+                                                    f"t{loaded - 1:02d}", "t00")
     for r in rows:
         r["python_bytes_per_load"] = python_bytes
     return rows
