@@ -243,6 +243,7 @@ def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path, capsys):
     weights = sum(p.nbytes for p in base.parameters())
     assert ft[0]["tensor_per_task_bytes"] is None and abs(ft[-1]["tensor_per_task_bytes"] / weights - 1) < 0.1
     prompt = 20 * base.config.hidden_size * 4  # num_virtual_tokens x hidden x fp32, one copy (the bank is its storage)
+    assert pt[0]["artifact_tensor_bytes"] == prompt and ft[0]["artifact_tensor_bytes"] == weights
     assert abs(pt[-1]["tensor_per_task_bytes"] / prompt - 1) < 0.1, (pt[-1]["tensor_per_task_bytes"], prompt)
     assert all(r["resident_per_task_bytes"] is not None for r in pt[2:])
     assert [r["distinct_tasks"] for r in pt] == [1, 1, 3, 3]

@@ -87,6 +87,14 @@ def save_artifacts(run, indices: range, folder: Path, seed: int = 0) -> list[tup
     return out
 
 
+def tensor_bytes_in(path: Path) -> int:
+    """Bytes of the tensors an artifact's safetensors files hold (its weights, without the config,
+    model card and file headers beside them on disk)."""
+    from safetensors.torch import load_file
+
+    return sum(t.nbytes for f in sorted(Path(path).rglob("*.safetensors")) for t in load_file(str(f)).values())
+
+
 def live_tensor_bytes(device: torch.device) -> int:
     """Bytes of every distinct tensor storage on ``device`` that Python can reach, each counted
     once: what the loaded artifacts (and any banks built from them) hold as tensors, counted
@@ -141,6 +149,7 @@ def scale_study(run, load_base: Callable[[], torch.nn.Module], folder: Path, ns=
     if ns != asked:
         log(f"    N in {ns} of {asked}: {fmt_bytes(artifacts[0][1])} per artifact, budget {fmt_bytes(budget_bytes)} on disk")
     artifacts += save_artifacts(run, range(1, max(ns)), Path(folder))
+    weights = tensor_bytes_in(artifacts[0][0])
     run.model = None  # the prepared model leaves before the serving baseline is taken
     served = load_base().to(device).eval()
     cold, loaded, rows, first = [], 0, [], None
@@ -160,7 +169,7 @@ def scale_study(run, load_base: Callable[[], torch.nn.Module], folder: Path, ns=
                          "distinct_tasks": len({t for t, _ in stream}), **tp,
                          "grouped_over_single": tp["grouped_examples_per_s"] / tp["single_task_examples_per_s"],
                          "latency_path": "mixed" if mixed else "grouped", "latency_p50_s": lat["median_s"],
-                         "latency_p90_s": lat["p90_s"], "artifact_bytes": artifacts[0][1],
+                         "latency_p90_s": lat["p90_s"], "artifact_bytes": artifacts[0][1], "artifact_tensor_bytes": weights,
                          "cold_load_median_s": float(np.median(cold)), "cold_load_p90_s": summarize(cold)["p90_s"]})
         mem = memory_state(device)
         first = first or (n, mem)

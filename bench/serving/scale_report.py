@@ -95,7 +95,12 @@ def _ratio(x) -> str:
 
 def _per_task(r: dict, key: str) -> str:
     v = r.get(key)
-    return f"{fmt_bytes(v)} ({v / r['artifact_bytes']:.2f}x)" if v is not None else "—"
+    return f"{fmt_bytes(v)} ({v / _weights(r):.2f}x)" if v is not None else "—"
+
+
+def _weights(r: dict) -> int:
+    """The artifact's tensor bytes (rows measured before they were recorded: its bytes on disk)."""
+    return r.get("artifact_tensor_bytes") or r["artifact_bytes"]
 
 
 def write_report(lines: list[dict], out: Path, command: str = "") -> None:
@@ -113,7 +118,8 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
             f"waits for its batch), on the mixed path where the method has one, else grouped.", "",
             "Memory per task: the growth of resident memory (CUDA: allocated) from the smallest N, divided by the "
             "tasks added, each taken after that N's streams were served (banks built, freed memory returned), "
-            "beside the artifact's bytes on disk (the ratio in brackets). Live tensors: the same growth counted "
+            "beside the bytes of the artifact's weights (the ratio in brackets; on disk the artifact also holds "
+            "its config, and peft's a model card). Live tensors: the same growth counted "
             "over every distinct tensor storage Python can reach (the garbage collector's view of the process, "
             "not the method's own account). Python objects: what Python's allocator keeps after loading one "
             "artifact again (tracemalloc): modules, dictionaries, configs. Full fine-tuning stores a whole model "
@@ -133,7 +139,7 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
             u, z = at.get("uniform", {}), at.get("zipf", {})
             row = u or z
             summary.append({
-                "model": model, "method": method, "N": top, "artifact": fmt_bytes(row["artifact_bytes"]),
+                "model": model, "method": method, "N": top, "artifact weights (on disk)": f"{fmt_bytes(_weights(row))} ({fmt_bytes(row['artifact_bytes'])})",
                 "mixed / one (uniform, zipf)": f"{_ratio(u.get('mixed_over_single'))}, {_ratio(z.get('mixed_over_single'))}",
                 "library's mixed / one": f"{_ratio(u.get('mixed_reference_over_single'))}, "
                                          f"{_ratio(z.get('mixed_reference_over_single'))}"
@@ -160,7 +166,7 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
 def _method_section(method: str, rows: list[dict]) -> list[str]:
     art, last = rows[0]["artifact_bytes"], rows[-1]  # the cold-load figures cover every artifact at the largest N
     text = [f"### {rows[0]['model']} / {method}", "",
-            f"Artifact {fmt_bytes(art)} on disk; cold load median {last['cold_load_median_s'] * 1e3:.1f} ms "
+            f"Artifact: {fmt_bytes(_weights(rows[0]))} of weights, {fmt_bytes(art)} on disk; cold load median {last['cold_load_median_s'] * 1e3:.1f} ms "
             f"(p90 {last['cold_load_p90_s'] * 1e3:.1f} ms) over {last['n_tasks']} artifacts.", ""]
     table = [{"N": r["n_tasks"], "popularity": r["law"], "tasks in stream": r["distinct_tasks"],
               "one artifact (ex/s)": f"{r['single_task_examples_per_s']:.1f}",
@@ -217,13 +223,13 @@ def _figure(lines: list[dict], path: Path) -> None:
         rows = sorted((r for r in lines if r["method"] == method and r["law"] == LAWS[0]
                        and r.get("resident_per_task_bytes") is not None), key=lambda r: r["n_tasks"])
         if rows:
-            ax.plot([r["n_tasks"] for r in rows], [r["resident_per_task_bytes"] / r["artifact_bytes"] for r in rows],
+            ax.plot([r["n_tasks"] for r in rows], [r["resident_per_task_bytes"] / _weights(r) for r in rows],
                     "o-", color=method_colour(method), label=method)
     ax.axhline(1.0, color="0.6", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("tasks loaded, N (log scale)")
-    ax.set_title("memory per task / artifact bytes (1 = one artifact)", fontsize=9)
+    ax.set_title("memory per task / artifact's weights (1 = one artifact)", fontsize=9)
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
