@@ -36,3 +36,19 @@ def test_no_table_has_a_column_with_one_value_in_every_row(report):
         for i in range(1, len(rows[0])):  # the first column names the row
             values = {r[i] for r in rows}
             assert len(values) > 1, (report, rows[0][0], i, values)
+
+
+def test_the_serving_report_is_what_the_current_code_writes_from_its_rows(tmp_path):
+    """reports/serving/README.md is rewritten from its serving.jsonl by the current code, byte for
+    byte (the figures are drawn again beside it)."""
+    import shutil
+
+    from peft_bench.serving.scale_report import rewrite_report
+
+    src = ROOT / "reports/serving"
+    for name in ("serving.jsonl", "COMMAND"):
+        shutil.copy(src / name, tmp_path / name)
+    rewrite_report(tmp_path)
+    assert (tmp_path / "README.md").read_text() == (src / "README.md").read_text().replace(
+        "--report reports/serving", f"--report {tmp_path}")
+    assert {p.name for p in tmp_path.glob("*.png")} == {p.name for p in src.glob("*.png")}

@@ -223,8 +223,11 @@ def _figure(lines: list[dict], path: Path) -> None:
         rows = sorted((r for r in lines if r["method"] == method and r["law"] == LAWS[0]
                        and r.get("resident_per_task_bytes") is not None), key=lambda r: r["n_tasks"])
         if rows:
-            ax.plot([r["n_tasks"] for r in rows], [r["resident_per_task_bytes"] / _weights(r) for r in rows],
-                    "o-", color=method_colour(method), label=method)
+            xs = [r["n_tasks"] for r in rows]
+            ax.plot(xs, [r["resident_per_task_bytes"] / _weights(r) for r in rows], "o-", color=method_colour(method),
+                    label=f"{method} resident")
+            ax.plot(xs, [r["tensor_per_task_bytes"] / _weights(r) for r in rows], "x:", color=method_colour(method),
+                    label=f"{method} live tensors")
     ax.axhline(1.0, color="0.6", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
