@@ -152,7 +152,8 @@ class BottleneckModel(nn.Module):
         unknown = sorted(set(adapter_names) - set(self.configs))
         if unknown:
             raise UnknownName(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}.")
-        stacks = self.stacks()
+        # the stacks serve inference only: autograd does not see them as the adapters' weights
+        stacks = None if torch.is_grad_enabled() else self.stacks()
         position = {n: i for i, n in enumerate(self.configs)}
         index = torch.tensor([position[n] for n in adapter_names])
         for m in self.routed():

@@ -113,6 +113,23 @@ def test_a_prompt_unloads_from_an_encoder_serving_three_tasks(method_name, tmp_p
             torch.testing.assert_close(mixed[i], alone[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method_name", ["lora", "bottleneck_adapter"])
+def test_mixed_batches_with_gradients_reach_the_adapters_own_weights(method_name, tmp_path):
+    """The gathered banks serve inference only: with gradients recorded, a mixed batch goes through
+    the adapters' own modules (peft's loop, the routed loop), so its loss reaches their weights."""
+    run, method, served = three_task_server(method_name, "tiny-llama", tmp_path)
+    ids, mask, _ = rows_of_different_lengths(run)
+    for p in served.parameters():
+        p.requires_grad_(False)
+    b = [p for n, p in served.named_parameters() if ".b." in n]
+    for p in b:
+        p.requires_grad_(True)
+    with torch.inference_mode():
+        method.forward_mixed(served, ids, mask, ["a", "b", "c", "a", "b", "c"])  # banks built for serving
+    method.forward_mixed(served, ids, mask, ["a", "b", "c", "a", "b", "c"]).logits.sum().backward()
+    assert b and all(p.grad is not None and p.grad.abs().sum() > 0 for p in b)
+
+
 def test_lora_adapters_of_different_ranks_take_peft_s_loop(tmp_path):
     """A bank holds one rank: adapters of different ranks are served by peft's loop, still per row."""
     from peft_bench.engine.prepare import prepare

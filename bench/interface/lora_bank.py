@@ -13,8 +13,7 @@ Written by hand: neither peft nor transformers has a gathered multi-LoRA path (S
 do it in CUDA kernels). peft's loop stays the reference: ``peft_mixed_forward``, measured side
 by side by ``peftbench serve-bench`` and checked equal by the method contract. Where the bank
 cannot represent the adapters exactly (a LoRA variant such as DoRA, a LoRA bias, merged weights,
-ranks that differ, dropout in training mode, a layer that is not linear) the batch takes peft's
-loop.
+ranks that differ, training mode, a layer that is not linear) the batch takes peft's loop.
 """
 
 from __future__ import annotations
@@ -37,7 +36,9 @@ def lora_bank_forward(model, input_ids, attention_mask, adapter_names: list[str]
     """One forward in which row i gets adapter ``adapter_names[i]``'s low-rank update in every
     adapted layer, gathered from the layers' banks; task heads routed per row by peft."""
     _check_names(model, input_ids, adapter_names)
-    state = _bank(model)
+    # serving only: the banks are not what autograd sees as the weights, so training mode goes to
+    # peft, which refuses `adapter_names` there with its own message
+    state = None if model.training or torch.is_grad_enabled() else _bank(model)
     if state is None:
         return peft_mixed_forward(model, input_ids, attention_mask, adapter_names)
     names, layers = state
@@ -55,17 +56,18 @@ def _bank(model):
     names = list(model.peft_config)
     hit = model.__dict__.get(BANK)
     if hit is not None and hit[0] == names and hit[1] == _signature(hit[2], names):
-        return (names, hit[2]) if hit[2] is not None else None
+        return names, hit[2]
     built = _build(model, names)
+    if built is None:  # not kept: what made it unrepresentable may change (a mode, a merge)
+        model.__dict__.pop(BANK, None)
+        return None
     model.__dict__[BANK] = (names, _signature(built, names), built)
-    return (names, built) if built is not None else None
+    return names, built
 
 
 def _signature(built, names: list[str]) -> list:
     """What a kept bank was built from, read from its first and last layers (the whole model is
     not walked per batch: at 64 adapters that walk alone costs a tenth of a forward)."""
-    if built is None:
-        return []
     ends = [built[0][0], built[-1][0]]
     return [(m.lora_A[n].weight.data_ptr(), m.lora_B[n].weight.data_ptr(), m.scaling[n]) for m in ends for n in names]
 
@@ -75,8 +77,7 @@ def _build(model, names: list[str]):
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     if not layers or any(type(m) is not Linear or m.merged or m.lora_variant or any(m.lora_bias.values())
-                         or list(m.lora_A) != names or (m.training and any(
-                             getattr(m.lora_dropout[n], "p", 0) for n in names)) for m in layers):
+                         or list(m.lora_A) != names for m in layers):
         return None
     if len({m.r[n] for m in layers for n in names}) != 1:
         return None
