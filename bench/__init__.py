@@ -41,7 +41,7 @@ _EXPORTS = {
     "Method": "interface.method", "MethodConfig": "interface.method", "ModelContext": "interface.method",
     "MixedBatchUnsupported": "interface.method", "freeze": "interface.method",
     "unfreeze_head": "interface.method", "all_parameters": "interface.method",
-    "assert_safetensors_only": "interface.method",
+    "assert_safetensors_only": "interface.method", "stack_as_storage": "interface.method",
     "PeftMethod": "interface.peft", "VirtualTokenConfig": "interface.peft", "task_type": "interface.peft",
     "prompt_bank_forward": "interface.peft", "prefix_bank_forward": "interface.peft", "heads_routed": "interface.peft",
     "lora_bank_forward": "interface.lora_bank", "peft_mixed_forward": "interface.lora_bank",

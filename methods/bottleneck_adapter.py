@@ -25,7 +25,7 @@ from torch import nn
 
 from peft_bench import (
     Method, MethodConfig, ModelContext, UnknownName, assert_safetensors_only, check, freeze, opt,
-    register_method,
+    register_method, stack_as_storage,
 )
 
 # (attention output projection, feed-forward output projection) per architecture, as regexes
@@ -184,15 +184,9 @@ class BottleneckModel(nn.Module):
             return kept[2]
         stacks = None
         if len({(type(m.bank[n][1]), m.bank[n][0].out_features) for m in layers for n in names}) == 1:
-            stacks = {}
-            with torch.inference_mode(False), torch.no_grad():  # normal tensors: the weights live in them
-                for m in layers:
-                    params = [[getattr(m.bank[n][i], w) for n in names] for i, w in ((0, "weight"), (0, "bias"),
-                                                                                   (2, "weight"), (2, "bias"))]
-                    stacks[m] = tuple(torch.stack([p.detach() for p in ps]) for ps in params)
-                    for ps, stack in zip(params, stacks[m]):
-                        for j, p in enumerate(ps):
-                            p.data = stack[j]
+            stacks = {m: tuple(stack_as_storage([getattr(m.bank[n][i], w) for n in names])
+                               for i, w in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")))
+                      for m in layers}
         self.__dict__["_stacks"] = (names, signature(), stacks)
         return stacks
 

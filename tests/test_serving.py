@@ -275,3 +275,25 @@ def test_serve_bench_writes_rows_for_every_n_and_law(tmp_path, capsys):
     assert main(["serve-bench", "--methods", "lora", "--model", "tiny-llama", "--task", "dummy", "--ns", "1,3",
                  "--requests", "30", "--batch-size", "6", "--repeats", "1", "--out", str(tmp_path)]) == 2
     assert "holds rows of tiny-llama measured with requests = 24, not 30: use another --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ns", "1,x"], "--ns must be comma-separated integers, got '1,x'"),
+    (["--ns", "0,4"], "--ns must be at least 1, got '0,4'"),
+    (["--artifact-budget-gib", "0"], "--artifact-budget-gib must be positive, got 0.0"),
+])
+def test_serve_bench_refuses_bad_settings_before_measuring(argv, message, tmp_path):
+    from peft_bench.cli import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["serve-bench", "--out", str(tmp_path), *argv])
+    assert not (tmp_path / "serving.jsonl").exists()
+
+
+def test_a_page_is_not_rewritten_from_rows_of_an_older_serve_bench(tmp_path, capsys):
+    from peft_bench.cli import main
+
+    (tmp_path / "serving.jsonl").write_text('{"method": "lora", "model": "minilm", "n_tasks": 1}\n')
+    assert main(["serve-bench", "--report", str(tmp_path)]) == 2
+    assert "has rows without ['artifact_tensor_bytes', 'python_bytes_per_load', 'repeats', 'resident_bytes', " \
+           "'tensor_per_task_bytes']: measured by an older serve-bench" in capsys.readouterr().err

@@ -192,6 +192,8 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"peftbench: error: --ns must be comma-separated integers, got {args.ns!r}.") from None
     if not ns or ns[0] < 1:
         raise SystemExit(f"peftbench: error: --ns must be at least 1, got {args.ns!r}.")
+    if not args.artifact_budget_gib > 0:
+        raise SystemExit(f"peftbench: error: --artifact-budget-gib must be positive, got {args.artifact_budget_gib}.")
     report = run_scale([m.strip() for m in args.methods.split(",") if m.strip()],
                        [m.strip() for m in args.model.split(",") if m.strip()], args.task, Path(args.out),
                        ns=ns, requests=args.requests, batch_size=args.batch_size, repeats=args.repeats,

@@ -22,6 +22,7 @@ import contextlib
 
 import torch
 
+from peft_bench.interface.method import stack_as_storage
 from peft_bench.interface.peft import _check_names, heads_routed
 
 BANK = "_peft_bench_lora_bank"  # attribute of a PeftModel: the banks and what they were built from
@@ -82,14 +83,10 @@ def _build(model, names: list[str]):
     if len({m.r[n] for m in layers for n in names}) != 1:
         return None
     built = []
-    with torch.inference_mode(False), torch.no_grad():  # normal tensors: the weights live in them
-        for m in layers:
-            a = torch.stack([m.lora_A[n].weight.detach() for n in names])
-            b = torch.stack([m.lora_B[n].weight.detach() for n in names])
-            for i, n in enumerate(names):  # the bank becomes the weights' storage
-                m.lora_A[n].weight.data = a[i]
-                m.lora_B[n].weight.data = b[i]
-            built.append((m, a, b, torch.tensor([m.scaling[n] for n in names], dtype=a.dtype, device=a.device)))
+    for m in layers:  # the banks become the weights' storage
+        a = stack_as_storage([m.lora_A[n].weight for n in names])
+        b = stack_as_storage([m.lora_B[n].weight for n in names])
+        built.append((m, a, b, torch.tensor([m.scaling[n] for n in names], dtype=a.dtype, device=a.device)))
     return built
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+import torch
 from torch import nn
 
 from peft_bench.core.config import check, opt
@@ -167,6 +168,19 @@ def all_parameters(model: nn.Module) -> int:
     if hasattr(model, "get_nb_trainable_parameters"):
         return int(model.get_nb_trainable_parameters()[1])
     return sum(p.numel() for p in model.parameters())
+
+
+def stack_as_storage(params: list[torch.Tensor]) -> torch.Tensor:
+    """``params`` (same shape) stacked along a new first dimension into one tensor that becomes
+    their storage: each parameter is re-pointed at its row, so the stack is no second copy and an
+    in-place change of a parameter is the stack's. Built outside inference mode (a normal tensor
+    the parameters can live in). For mixed batches that gather each row's weights (serving only:
+    autograd does not see the stack as the parameters)."""
+    with torch.inference_mode(False), torch.no_grad():
+        stack = torch.stack([p.detach() for p in params])
+        for i, p in enumerate(params):
+            p.data = stack[i]
+    return stack
 
 
 def freeze(model: nn.Module) -> None:

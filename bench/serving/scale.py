@@ -5,10 +5,9 @@ Zipf (alpha = 1) popularity over the N loaded tasks. For each N (1, 4, 16, 64 by
 each popularity law, ``switching.measure_throughput`` serves the same stream three ways: mixed
 batches (each row by its own task's artifact, one forward), batches grouped by task with a
 switch between groups, and every request by one artifact (the baseline). Beside them: the
-latency of each batch (p50 / p90; a request waits for its batch), resident memory above the
-base model as tasks are loaded (it should grow by about one artifact per task; the live tensor
-bytes and the Python objects of one load are measured beside it, to say where it goes), and the
-cold load time of each artifact.
+latency of each batch (p50 / p90; a request waits for its batch), memory per task (the growth
+of resident memory and of live tensor bytes from the smallest N; it should be about one
+artifact's weights), the Python objects one load keeps, and the cold load time of each artifact.
 
 The artifacts are the method's own initialisation with its trainable weights perturbed per task
 (seeded noise), saved and loaded like trained ones: serving cost does not depend on what the
@@ -68,12 +67,10 @@ def batch_latencies(method, model, stream, pad, batch_size: int, device, mixed: 
     return out
 
 
-def save_artifacts(run, indices: range, folder: Path, seed: int = 0) -> list[tuple[Path, int]]:
-    """Artifacts ``indices`` of ``run``'s method: its initial trainable weights plus seeded noise
-    (artifact i always the same), saved; (folder, bytes on disk) of each."""
+def save_artifacts(run, start: dict, indices: range, folder: Path, seed: int = 0) -> list[tuple[Path, int]]:
+    """Artifacts ``indices`` of ``run``'s method: its trainable weights as they were at ``start``
+    plus seeded noise (artifact i always the same), saved; (folder, bytes on disk) of each."""
     out = []
-    start = run.__dict__.setdefault("_initial_weights", {
-        k: p.detach().clone() for k, p in run.model.named_parameters() if p.requires_grad})
     for i in indices:
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         with torch.no_grad():
@@ -141,14 +138,16 @@ def scale_study(run, load_base: Callable[[], torch.nn.Module], folder: Path, ns=
 
     Memory: resident memory and live tensor bytes are taken after each N's streams were served
     (banks built, transients released); memory per task is their growth from the smallest N,
-    divided by the tasks added, beside the artifact's bytes on disk."""
+    divided by the tasks added, beside the bytes of the artifact's weights."""
     method, device, pad = run.method, run.device, run.ctx.tokenizer.pad
     examples = [{"input_ids": e["input_ids"]} for e in run.test_examples]
-    artifacts = save_artifacts(run, range(1), Path(folder))
+    start = {k: p.detach().clone() for k, p in run.model.named_parameters() if p.requires_grad}
+    artifacts = save_artifacts(run, start, range(1), Path(folder))
     asked, ns = sorted(ns), [n for n in sorted(ns) if n * artifacts[0][1] <= budget_bytes] or [min(ns)]
     if ns != asked:
         log(f"    N in {ns} of {asked}: {fmt_bytes(artifacts[0][1])} per artifact, budget {fmt_bytes(budget_bytes)} on disk")
-    artifacts += save_artifacts(run, range(1, max(ns)), Path(folder))
+    artifacts += save_artifacts(run, start, range(1, max(ns)), Path(folder))
+    del start
     weights = tensor_bytes_in(artifacts[0][0])
     run.model = None  # the prepared model leaves before the serving baseline is taken
     served = load_base().to(device).eval()

@@ -17,6 +17,9 @@ from peft_bench.serving.scale import LAWS, NS, scale_study
 from peft_bench.results.tables import md_table
 from peft_bench.results.units import fmt_bytes
 
+# what a row must hold for a page (rows of an older serve-bench lack some)
+REQUIRED = ("repeats", "artifact_tensor_bytes", "resident_bytes", "tensor_per_task_bytes", "python_bytes_per_load")
+
 
 def run_scale(methods: list[str], model: str | list[str], task: str, out: Path, ns=NS, requests: int = 256,
               batch_size: int = 16, repeats: int = 3, max_length: int = 64, budget_bytes: float = 8 * 2**30,
@@ -38,7 +41,8 @@ def run_scale(methods: list[str], model: str | list[str], task: str, out: Path, 
     data = out / "serving.jsonl"
     settings = {"requests": requests, "batch_size": batch_size, "repeats": repeats}
     have = read_json_lines(data)
-    for name_model in [model] if isinstance(model, str) else model:  # one model's rows, one set of settings
+    model_names = [model] if isinstance(model, str) else list(model)
+    for name_model in model_names:  # one model's rows, one set of settings
         for k, v in settings.items():
             other = sorted({r.get(k) for r in have if r["model"] == name_model} - {v}, key=str)
             if other:
@@ -48,13 +52,14 @@ def run_scale(methods: list[str], model: str | list[str], task: str, out: Path, 
     commands = _commands(out)
     if command and command not in commands:
         write_whole(out / "COMMAND", lambda p: p.write_text("\n".join(commands + [command]) + "\n"))
-    for name_model in [model] if isinstance(model, str) else model:
+    for name_model in model_names:
         for name in methods:
-            if any(r["model"] == name_model and r["task"] == task and r["method"] == name for r in have):
+            pair = (name_model, task, name)
+            if any((r["model"], r["task"], r["method"]) == pair for r in have):
                 if not force:
                     log(f"{name} on {name_model} / {task}: in {data} already (--force measures it again)")
                     continue
-                have = [r for r in have if not (r["model"] == name_model and r["task"] == task and r["method"] == name)]
+                have = [r for r in have if (r["model"], r["task"], r["method"]) != pair]
                 write_whole(data, lambda p: p.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in have)))
             log(f"{name} on {name_model} / {task}: up to {max(ns)} artifacts, N in {list(ns)}")
             spec = RunSpec(model=name_model, task=task, method=name, train=TrainConfig(
@@ -85,6 +90,10 @@ def rewrite_report(out: Path) -> Path:
     """README.md and the figure again from ``out/serving.jsonl`` (no measurement)."""
     out = Path(out)
     lines = read_json_lines(out / "serving.jsonl")
+    old = sorted({k for r in lines for k in REQUIRED if k not in r})
+    if old:
+        raise ValueError(f"{out / 'serving.jsonl'} has rows without {old}: measured by an older serve-bench; "
+                         f"measure them again (--force).")
     write_report(lines, out, "\n".join(_commands(out)))
     return out / "README.md"
 
@@ -99,8 +108,7 @@ def _per_task(r: dict, key: str) -> str:
 
 
 def _weights(r: dict) -> int:
-    """The artifact's tensor bytes (rows measured before they were recorded: its bytes on disk)."""
-    return r.get("artifact_tensor_bytes") or r["artifact_bytes"]
+    return r["artifact_tensor_bytes"]
 
 
 def write_report(lines: list[dict], out: Path, command: str = "") -> None:
@@ -148,13 +156,13 @@ def write_report(lines: list[dict], out: Path, command: str = "") -> None:
                 "memory per task": _per_task(row, "resident_per_task_bytes"),
                 "live tensors per task": _per_task(row, "tensor_per_task_bytes"),
                 "Python objects per load": fmt_bytes(row["python_bytes_per_load"])
-                if row.get("python_bytes_per_load") is not None else "—"})
+                if row["python_bytes_per_load"] is not None else "—"})
     text += ["## At the largest N", "", md_table(summary, keep=("model", "method")), ""]
     for model in models:
         at_model = [r for r in lines if r["model"] == model]
         figure = f"throughput-{model}.png"
         text += [f"## {model}", "", f"Streams of {at_model[0]['requests']} requests in batches of "
-                                    f"{at_model[0]['batch_size']}, best of {at_model[0].get('repeats', 3)} passes "
+                                    f"{at_model[0]['batch_size']}, best of {at_model[0]['repeats']} passes "
                                     f"per serving mode.", "", f"![Throughput of mixed and grouped serving over one artifact's, and memory per "
                                     f"task, against N, on {model}]({figure})", ""]
         _figure(at_model, out / figure)
@@ -178,12 +186,11 @@ def _method_section(method: str, rows: list[dict]) -> list[str]:
     if all(r.get("mixed_reference_over_single") is None for r in rows):
         table = [{k: v for k, v in t.items() if k != "library's mixed / one"} for t in table]
     text += [md_table(table, keep=("N", "popularity")), ""]
-    if "resident_bytes" in rows[0]:
-        mem = [{"N": r["n_tasks"], "resident": fmt_bytes(r["resident_bytes"]),
-                "memory per task": _per_task(r, "resident_per_task_bytes"),
-                "live tensors per task": _per_task(r, "tensor_per_task_bytes")}
-               for r in rows if r["law"] == rows[0]["law"]]
-        text += [md_table(mem, keep=("N",)), ""]
+    mem = [{"N": r["n_tasks"], "resident": fmt_bytes(r["resident_bytes"]),
+            "memory per task": _per_task(r, "resident_per_task_bytes"),
+            "live tensors per task": _per_task(r, "tensor_per_task_bytes")}
+           for r in rows if r["law"] == rows[0]["law"]]  # memory is taken once per N, for both laws
+    text += [md_table(mem, keep=("N",)), ""]
     why = next((r.get("mixed_unsupported") for r in rows if r.get("mixed_unsupported")), None)
     if why:
         text += [f"Mixed batches n/a: {why}", ""]
